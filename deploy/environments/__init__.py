@@ -1,0 +1,41 @@
+"""Where workers run. `deploy.environment.Local`, `deploy.environment.LocalAsync`, and the
+cluster environments, each in its own module, loaded only when used."""
+from __future__ import annotations
+
+import importlib
+from typing import Any
+
+from .base import Environment, Launch
+
+# kind -> "module:class"; the core resolves environments by name, never by import.
+KINDS = {
+    "local": "deploy.environments.local:Local",
+    "local-async": "deploy.environments.local:LocalAsync",
+    "ssh": "deploy.environments.ssh:SshCluster",
+    "ec2": "deploy.environments.ec2:Ec2Cluster",
+    "hadoop": "deploy.environments.hadoop:HadoopCluster",
+}
+# what users may type for a kind
+ALIASES = {"Local": "local", "LocalAsync": "local-async"}
+
+
+def kind_class(kind: str) -> type:
+    module, _, cls = KINDS[kind].partition(":")
+    return getattr(importlib.import_module(module), cls)
+
+
+def from_dict(data: dict[str, Any]) -> Environment:
+    """Rebuild an environment from `Environment.to_dict()`."""
+    kind = data.get("kind")
+    if kind not in KINDS:
+        raise ValueError(f"unknown environment kind {kind!r}; known: {', '.join(sorted(KINDS))}")
+    return kind_class(kind).from_settings(data["name"], data.get("settings") or {})
+
+
+def __getattr__(name: str) -> Any:
+    if name in ("Local", "LocalAsync"):
+        return kind_class(ALIASES[name])
+    raise AttributeError(f"module 'deploy.environment' has no attribute {name!r}")
+
+
+__all__ = ["Environment", "Launch", "Local", "LocalAsync", "from_dict"]

@@ -1,0 +1,85 @@
+"""Environment: where workers run. It starts workers for a job and stops them; it never
+runs tasks itself and never interprets results (that is the job directory's business)."""
+from __future__ import annotations
+
+import abc
+import dataclasses
+import re
+from typing import Any, Callable
+
+from ..jobs.spec import JobSpec
+from ..store import Storage
+
+NAME_PATTERN = re.compile(r"^[A-Za-z0-9_.-]+$")
+
+
+@dataclasses.dataclass
+class Launch:
+    """What an environment gets to start workers: the written job directory, its spec, the
+    functions already in memory (shared by fork where the environment can), and how many."""
+
+    store: Storage
+    spec: JobSpec
+    functions: dict[str, Callable] | None
+    workers: int
+
+
+class Environment(abc.ABC):
+    """Plain data (a name and settings) plus the verbs to start and stop workers."""
+
+    kind: str = ""
+
+    def __init__(self, name: str) -> None:
+        if not isinstance(name, str) or not NAME_PATTERN.match(name):
+            raise ValueError(f"bad environment name {name!r}: use letters, digits, '_', '-', '.'")
+        self.name = name
+
+    # -- the contract -------------------------------------------------------------------
+
+    @abc.abstractmethod
+    def num_workers(self) -> int:
+        """How many workers a job gets here (used to size chunks)."""
+
+    @abc.abstractmethod
+    def job_store(self, job_id: str) -> Storage:
+        """The store in which a new job's directory is written."""
+
+    @abc.abstractmethod
+    def launch(self, launch: Launch) -> dict[str, Any]:
+        """Start workers for a written job; return a JSON-able handle for alive/cancel."""
+
+    def alive(self, handle: dict[str, Any]) -> bool | None:
+        """Whether workers started by `launch` may still be running (None: cannot tell)."""
+        return None
+
+    def cancel(self, handle: dict[str, Any]) -> None:
+        """Stop the workers started by `launch`, running tasks included."""
+
+    def stop(self) -> None:
+        """Release what the environment holds (connections, instances); jobs are not touched."""
+
+    def describe_failure(self, handle: dict[str, Any]) -> str | None:
+        """Why the workers stopped before finishing, when the environment knows."""
+        return None
+
+    # -- data -------------------------------------------------------------------------
+
+    def settings(self) -> dict[str, Any]:
+        """The settings that recreate this environment (never secrets)."""
+        return {}
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"kind": self.kind, "name": self.name, "settings": self.settings()}
+
+    def save(self) -> "Environment":
+        """Record this environment in the registry under its name (replacing an older one)."""
+        from .registry import environments
+        environments.save(self)
+        return self
+
+    def __repr__(self) -> str:
+        args = ", ".join(f"{k}={v!r}" for k, v in self.settings().items())
+        return f"{type(self).__name__}({self.name!r}{', ' + args if args else ''})"
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, Environment) and self.to_dict() == other.to_dict()

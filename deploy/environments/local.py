@@ -1,0 +1,165 @@
+"""Local (tasks in the caller's process, blocking) and LocalAsync (detached worker processes)."""
+from __future__ import annotations
+
+import os
+import select
+import signal
+import time
+from typing import Any
+
+from .. import config
+from ..jobs.runner import HOST
+from ..store.local import LocalStorage
+from .base import Environment, Launch
+
+
+def _positive_int(value: Any, what: str) -> int:
+    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+        raise ValueError(f"{what} must be a positive integer, got {value!r}")
+    return value
+
+
+def local_job_store(job_id: str) -> LocalStorage:
+    """A new job directory under the deploy home, private to the user."""
+    root = config.home() / "jobs"
+    root.mkdir(mode=0o700, exist_ok=True)
+    return LocalStorage(str(root / job_id))
+
+
+class Local(Environment):
+    """Runs every task in the calling process, one after another; create() returns when
+    the job is done. For debugging: breakpoints and prints work as usual."""
+
+    kind = "local"
+
+    def __init__(self, name: str = "local") -> None:
+        super().__init__(name)
+
+    @classmethod
+    def from_settings(cls, name: str, settings: dict[str, Any]) -> "Local":
+        return cls(name)
+
+    def num_workers(self) -> int:
+        return 1
+
+    def job_store(self, job_id: str) -> LocalStorage:
+        return local_job_store(job_id)
+
+    def launch(self, launch: Launch) -> dict[str, Any]:
+        from ..worker import Worker
+        Worker(launch.store, launch.spec, launch.functions, inline=True).run()
+        return {}
+
+    def alive(self, handle: dict[str, Any]) -> bool:
+        return False
+
+
+def _proc_state(pid: int) -> str | None:
+    """The process's state letter from /proc (None when it is gone or /proc is absent)."""
+    try:
+        with open(f"/proc/{pid}/stat", "rb") as f:
+            return f.read().rsplit(b")", 1)[1].split()[0].decode()
+    except (FileNotFoundError, ProcessLookupError, IndexError):
+        return None
+    except OSError:
+        return "?"
+
+
+def process_alive(pid: int) -> bool:
+    """True while the process exists and is not a zombie."""
+    if os.path.isdir("/proc/self"):
+        state = _proc_state(pid)
+        return state is not None and state not in ("Z", "X")
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def _killpg(pid: int, sig: int) -> None:
+    try:
+        os.killpg(pid, sig)
+    except (ProcessLookupError, PermissionError):
+        pass
+
+
+def wait_gone(pids: list[int], timeout: float) -> bool:
+    """Wait until none of `pids` runs (they need not be our children); True if all are gone."""
+    deadline = time.monotonic() + timeout
+    fds = []
+    for pid in pids:
+        try:
+            fds.append(os.pidfd_open(pid))
+        except (ProcessLookupError, AttributeError, OSError):
+            pass
+    try:
+        waiting = list(fds)
+        while any(process_alive(p) for p in pids):
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                return False
+            # a pidfd turns readable when its process exits; zombies are checked above
+            ready, _, _ = select.select(waiting, [], [], min(remaining, 0.05))
+            waiting = [fd for fd in waiting if fd not in ready]
+        return True
+    finally:
+        for fd in fds:
+            os.close(fd)
+
+
+def stop_process_groups(pids: list[int], grace: float = 1.0) -> None:
+    """SIGTERM each worker's process group (worker, its task process, what tasks started),
+    SIGKILL what is left after `grace` seconds, and return once all are gone."""
+    for pid in pids:
+        _killpg(pid, signal.SIGTERM)
+    if not wait_gone(pids, grace):
+        for pid in pids:
+            _killpg(pid, signal.SIGKILL)
+        wait_gone(pids, 10.0)
+
+
+class LocalAsync(Environment):
+    """N detached worker processes on this machine (default: one per core).
+
+    Workers are forked from the caller, so the function and everything it closes over is
+    shared copy-on-write, not pickled per task or per worker. They run in their own
+    sessions and finish the job even if the caller exits.
+    """
+
+    kind = "local-async"
+
+    def __init__(self, name: str = "async", num_workers: int | None = None) -> None:
+        super().__init__(name)
+        self._num_workers = None if num_workers is None else _positive_int(num_workers, "num_workers")
+
+    @classmethod
+    def from_settings(cls, name: str, settings: dict[str, Any]) -> "LocalAsync":
+        return cls(name, num_workers=settings.get("num_workers"))
+
+    def settings(self) -> dict[str, Any]:
+        return {"num_workers": self._num_workers}
+
+    def num_workers(self) -> int:
+        return self._num_workers or os.cpu_count() or 1
+
+    def job_store(self, job_id: str) -> LocalStorage:
+        return local_job_store(job_id)
+
+    def launch(self, launch: Launch) -> dict[str, Any]:
+        from ..worker import fork_worker
+        err = launch.store.local_path("workers.err")
+        pids = [fork_worker(launch.store.uri, launch.functions, detach=True, stderr_path=err)
+                for _ in range(launch.workers)]
+        return {"host": HOST, "pids": pids}
+
+    def alive(self, handle: dict[str, Any]) -> bool | None:
+        if handle.get("host") != HOST:
+            return None
+        return any(process_alive(p) for p in handle.get("pids", []))
+
+    def cancel(self, handle: dict[str, Any]) -> None:
+        if handle.get("host") == HOST:
+            stop_process_groups(list(handle.get("pids", [])))

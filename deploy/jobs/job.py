@@ -1,0 +1,422 @@
+"""Job: the client's view of one job directory. It reads; workers write.
+
+Everything here is derived from the job directory, so a Job reopened in another process
+(`deploy.jobs['name']`) knows exactly what the one that created it knows.
+"""
+from __future__ import annotations
+
+import json
+import pickle
+import sys
+import time
+from typing import TYPE_CHECKING, Any, Callable
+
+from ..errors import JobError
+from ..store import Storage, layout
+from . import metrics, runner
+from .spec import JobSpec, task_index
+
+if TYPE_CHECKING:
+    import pandas
+    from ..environments.base import Environment
+
+PENDING, RUNNING, COMPLETED, FAILED, CANCELED, UNKNOWN = (
+    "Pending", "Running", "Completed", "Failed", "Canceled", "Unknown")
+FINAL = (COMPLETED, FAILED, CANCELED)
+
+
+class Job:
+    """A map job: status, results in order, metrics, logs, cancel, wait, resume."""
+
+    def __init__(self, store: Storage, name: str | None = None, job_id: str | None = None,
+                 environment: "Environment | None" = None, spec: JobSpec | None = None) -> None:
+        self._store = store
+        self._spec = spec
+        self._env = environment
+        self._chunks: dict[int, dict] = {}          # published results never change: cache
+        self._combined: dict | None = None
+        self._error: str | None = None
+        self.name = name or (spec.name if spec else None)
+        self.id = job_id or (spec.id if spec else None)
+        self._final_recorded = False
+
+    # -- reading the directory ----------------------------------------------------------
+
+    @property
+    def spec(self) -> JobSpec:
+        if self._spec is None:
+            try:
+                raw = self._store.get(layout.SPEC)
+            except FileNotFoundError:
+                raise JobError(f"job {self.name!r}: no job.json in {self._store.uri} "
+                               "(deleted, or never written whole)") from None
+            try:
+                self._spec = JobSpec.from_json(raw)
+            except (ValueError, TypeError, KeyError) as exc:
+                raise JobError(f"job {self.name!r}: corrupt job.json in {self._store.uri}: {exc}") from None
+            self.name = self.name or self._spec.name
+            self.id = self.id or self._spec.id
+        return self._spec
+
+    @property
+    def environment(self) -> "Environment | None":
+        if self._env is None:
+            from ..environments import from_dict
+            try:
+                self._env = from_dict(self._launch().get("environment") or self.spec.environment)
+            except (JobError, ValueError, KeyError, TypeError, ImportError):
+                return None
+        return self._env
+
+    def _launch(self) -> dict:
+        try:
+            return json.loads(self._store.get(layout.LAUNCH))
+        except (FileNotFoundError, ValueError):
+            return {}
+
+    def _chunk(self, chunk: int) -> dict | None:
+        got = self._chunks.get(chunk)
+        if got is None:
+            try:
+                got = pickle.loads(self._store.get(layout.result(chunk)))
+            except FileNotFoundError:
+                return None
+            self._chunks[chunk] = got
+        return got
+
+    def _refresh(self) -> None:
+        """Load the result files published since the last look (one listing)."""
+        for name in self._store.list(layout.RESULTS):
+            if name.isdigit() and int(name) not in self._chunks:
+                self._chunk(int(name))
+
+    def _rows(self, refresh: bool = True) -> list[dict]:
+        """One row per task: published rows, and Pending/Running placeholders."""
+        spec = self.spec
+        if refresh:
+            self._refresh()
+        claimed = ({layout.parse_claim(n)[0] for n in self._store.list(layout.CLAIMS)
+                    if layout.parse_claim(n)} if len(self._chunks) < spec.chunk_count else set())
+        rows = []
+        for chunk in range(spec.chunk_count):
+            got = self._chunks.get(chunk)
+            if got is not None:
+                rows.extend(got["rows"])
+                continue
+            status = RUNNING if chunk in claimed else PENDING
+            rows.extend(runner.make_row(spec.task_name(i), i, status, attempt=None, worker=None)
+                        | {"host": None} for i in spec.chunk_tasks(chunk))
+        return rows
+
+    def _combined_row(self) -> dict | None:
+        if self._combined is None and self.spec.has_combiner:
+            try:
+                self._combined = pickle.loads(self._store.get(layout.COMBINED))
+            except FileNotFoundError:
+                return None
+        return self._combined
+
+    def _cancel_info(self) -> dict | None:
+        try:
+            return json.loads(self._store.get(layout.CANCEL))
+        except FileNotFoundError:
+            return None
+        except ValueError:
+            return {"reason": "user"}
+
+    # -- status -----------------------------------------------------------------------
+
+    def get_status(self) -> str:
+        """'Pending', 'Running', 'Completed', 'Failed', 'Canceled', or 'Unknown' (unreadable)."""
+        try:
+            return self._status()
+        except (JobError, OSError, ValueError, pickle.UnpicklingError, EOFError, KeyError) as exc:
+            self._error = f"cannot read job {self.name!r} at {self._store.uri}: {exc}"
+            return UNKNOWN
+
+    def _status(self) -> str:
+        spec = self.spec
+        self._refresh()
+        cancel = self._cancel_info()
+        if len(self._chunks) == spec.chunk_count:
+            rows = self._rows(refresh=False)
+            if cancel is not None and cancel.get("reason") != "fail_fast" and \
+                    any(r["status"] == CANCELED for r in rows):
+                return self._final(CANCELED)
+            if any(r["status"] != COMPLETED for r in rows):
+                return self._final(FAILED)
+            if spec.has_combiner:
+                combined = self._combined_row()
+                if combined is None:
+                    return RUNNING if self._workers_alive() is not False else self._stalled()
+                return self._final(COMPLETED if combined["status"] == COMPLETED else FAILED)
+            return self._final(COMPLETED)
+        if cancel is not None:
+            return FAILED if cancel.get("reason") == "fail_fast" else CANCELED
+        alive = self._workers_alive()
+        if alive is False:
+            return self._stalled()
+        return RUNNING if self._store.list(layout.CLAIMS) else PENDING
+
+    def _final(self, status: str) -> str:
+        if not self._final_recorded and self.name:
+            from .registry import jobs
+            try:
+                jobs.set_final_status(self.name, status)
+            except Exception:
+                pass
+            self._final_recorded = True
+        return status
+
+    def _workers_alive(self) -> bool | None:
+        """True if a worker heart-beat within its lease (or the environment says so)."""
+        lease = self.spec.lease_seconds
+        now = time.time()
+        for name in self._store.list(layout.HEARTBEATS):
+            try:
+                beat = json.loads(self._store.get(layout.heartbeat(name)))
+            except (FileNotFoundError, ValueError):
+                continue
+            if now - float(beat.get("time", 0)) < lease:
+                return True
+        launch = self._launch()
+        if not launch:
+            return None if now - self.spec.created < lease else False
+        env = self.environment
+        alive = env.alive(launch.get("handle") or {}) if env is not None else None
+        if alive is None:
+            return now - float(launch.get("time", now)) < lease or None
+        return alive
+
+    def _stalled(self) -> str:
+        env, launch = self.environment, self._launch()
+        why = env.describe_failure(launch.get("handle") or {}) if env is not None else None
+        self._error = (f"no worker is running job {self.name!r} and it is not finished"
+                       + (f": {why}" if why else "") + "; job.resume() starts workers again")
+        return FAILED
+
+    # -- results ----------------------------------------------------------------------
+
+    def get_map_results(self) -> list[Any]:
+        """Results in parameter order; None where a task failed or has not finished."""
+        return [pickle.loads(r["_value"]) if r.get("_value") is not None else None
+                for r in self._rows()]
+
+    def get_results(self, timeout: float | None = None) -> Any:
+        """Wait for the job, then return the combiner's value (or the map results).
+        Raises JobError listing the failed tasks when any failed or the job was canceled."""
+        status = self.wait(timeout=timeout)
+        if status not in FINAL:
+            raise JobError(f"job {self.name!r} is still {status} after {timeout} s")
+        if status != COMPLETED:
+            raise JobError(self._failure_summary(status))
+        if self.spec.has_combiner:
+            return pickle.loads(self._combined_row()["_value"])
+        return self.get_map_results()
+
+    def _failure_summary(self, status: str) -> str:
+        rows = self._rows()
+        bad = [r for r in rows if r["status"] not in (COMPLETED,)]
+        combined = self._combined_row()
+        if combined is not None and combined["status"] != COMPLETED:
+            bad.append(combined)
+        head = f"job {self.name!r} {status.lower()}: {len(bad)} of {len(rows)} tasks did not complete"
+        lines = [f"  {r['task_name']}: {r['status']}"
+                 + (f" {r['exception']}: {r['exception_message']}" if r.get("exception") else "")
+                 for r in bad[:20]]
+        if len(bad) > 20:
+            lines.append(f"  ... and {len(bad) - 20} more (see job.get_metrics())")
+        if self._error:
+            lines.append("  " + self._error)
+        return "\n".join([head] + lines)
+
+    def get_metrics(self) -> "pandas.DataFrame":
+        """One row per task (and the combiner's last): status, timing, exception, host..."""
+        rows = self._rows()
+        combined = self._combined_row()
+        return metrics.to_frame(rows + ([combined] if combined else []))
+
+    def get_error(self) -> str | None:
+        """What went wrong, in words (None when nothing did)."""
+        status = self.get_status()
+        if status in (FAILED, CANCELED):
+            return self._failure_summary(status)
+        return self._error if status == UNKNOWN else None
+
+    def get_parameters(self) -> list[dict]:
+        """The parameter sets, in task order."""
+        params: list[dict] = []
+        for chunk in range(self.spec.chunk_count):
+            params.extend(kw for _, kw in pickle.loads(self._store.get(layout.inputs(chunk))))
+        return params
+
+    def get_start_time(self) -> float | None:
+        launch = self._launch()
+        return launch.get("time") if launch else None
+
+    def get_end_time(self) -> float | None:
+        if self.get_status() not in FINAL:
+            return None
+        ends = [r["end_time"] for r in self._rows(refresh=False) if r.get("end_time")]
+        combined = self._combined_row()
+        if combined and combined.get("end_time"):
+            ends.append(combined["end_time"])
+        return max(ends) if ends else None
+
+    # -- logs -------------------------------------------------------------------------
+
+    def get_logs(self, task_name: str | None = None) -> str:
+        """The tasks' captured stdout/stderr: one task's, or all, each line prefixed by its task."""
+        from .logs import read_chunk_log
+        spec = self.spec
+        if task_name is not None:
+            index = task_index(task_name)
+            is_combiner = spec.has_combiner and task_name == spec.combiner_task_name()
+            if not is_combiner and (index is None or not 0 <= index < spec.task_count
+                                    or spec.task_name(index) != task_name):
+                raise KeyError(f"job {self.name!r} has no task {task_name!r}")
+            chunk = spec.chunk_count if is_combiner else index // spec.chunk_size
+            pieces = read_chunk_log(self._store, chunk)
+            want = 0 if is_combiner else index
+            return "".join(text.decode(errors="replace") for i, _, text in pieces if i == want)
+        out = []
+        for chunk in range(spec.chunk_count + (1 if spec.has_combiner else 0)):
+            for i, _, text in read_chunk_log(self._store, chunk):
+                name = spec.combiner_task_name() if chunk == spec.chunk_count else spec.task_name(i)
+                out.extend(f"[{name}] {line}\n" for line in text.decode(errors="replace").splitlines())
+        return "".join(out)
+
+    def get_log_file_path(self) -> str:
+        """Where the logs are: a local directory, or the store URI of the logs folder."""
+        return self._store.local_path(layout.LOGS) or f"{self._store.uri}/{layout.LOGS}"
+
+    # -- control ----------------------------------------------------------------------
+
+    def wait(self, timeout: float | None = None, progress: bool | None = None,
+             stream: Callable[[str], None] | None = None) -> str:
+        """Block until the job ends (or `timeout` seconds pass); returns the status.
+        `progress`: a tqdm bar (None: only when stderr is a terminal). `stream`: called with
+        each new line of task output, prefixed by its task name."""
+        from .logs import LogFollower
+        deadline = None if timeout is None else time.monotonic() + timeout
+        bar = self._progress_bar(progress)
+        follower = LogFollower(self._store, self.spec) if stream else None
+        delay = 0.005
+        try:
+            while True:
+                status = self.get_status()
+                if follower is not None:
+                    for line in follower.poll():
+                        stream(line)
+                if bar is not None:
+                    done = sum(1 for r in self._rows(refresh=False) if r["status"] in FINAL)
+                    bar.update(done - bar.n)
+                if status in FINAL or status == UNKNOWN:
+                    return status
+                if deadline is not None and time.monotonic() >= deadline:
+                    return status
+                time.sleep(delay)     # polling the store; nothing to block on portably
+                delay = min(delay * 1.5, 0.25)
+        finally:
+            if bar is not None:
+                bar.close()
+
+    def _progress_bar(self, progress: bool | None):
+        if progress is None:
+            from .. import config
+            setting = config.get("progress")
+            progress = sys.stderr.isatty() if setting == "auto" else bool(setting)
+        if not progress:
+            return None
+        from tqdm.auto import tqdm
+        return tqdm(total=self.spec.task_count, desc=self.name, unit="task", leave=False)
+
+    def cancel(self) -> None:
+        """Stop the job: no more tasks start, running ones are stopped, unfinished tasks
+        are recorded Canceled. A finished job is left as it is."""
+        if self.get_status() in FINAL:
+            return
+        self._store.create_exclusive(layout.CANCEL, json.dumps(
+            {"reason": "user", "time": time.time()}).encode())
+        env, launch = self.environment, self._launch()
+        if env is not None and launch:
+            env.cancel(launch.get("handle") or {})
+        self._finalize_canceled()
+
+    def _finalize_canceled(self) -> None:
+        from .executor import canceled_rows
+        spec = self.spec
+        self._refresh()
+        for chunk in range(spec.chunk_count):
+            if chunk in self._chunks:
+                continue
+            calls = [(i, spec.task_name(i), None, 0) for i in spec.chunk_tasks(chunk)]
+            data = {"chunk": chunk, "attempt": -1, "worker": "client",
+                    "rows": canceled_rows(calls, "client")}
+            self._store.create_exclusive(layout.result(chunk), pickle.dumps(data))
+        self._refresh()
+
+    def resume(self) -> "Job":
+        """Start workers again for what did not complete (canceled, lost, never run).
+        Completed tasks are kept; the job's function comes from the job directory."""
+        from ..environments.base import Launch
+        spec = self.spec
+        if self.get_status() in (RUNNING, PENDING):
+            raise JobError(f"job {self.name!r} is still running; cancel it first or wait")
+        env = self.environment
+        if env is None:
+            raise JobError(f"job {self.name!r}: its environment cannot be rebuilt to resume it")
+        self._refresh()
+        redo = [c for c in range(spec.chunk_count)
+                if c not in self._chunks
+                or any(r["status"] == CANCELED or r["exception"] == "WorkerLost"
+                       for r in self._chunks[c]["rows"])]
+        if not redo and not (spec.has_combiner and self._combined_row() is None):
+            return self
+        self._store.delete(layout.CANCEL)
+        claims = self._store.list(layout.CLAIMS)
+        for chunk in redo:
+            for name in claims:
+                parsed = layout.parse_claim(name)
+                if parsed and parsed[0] == chunk:
+                    self._store.delete(f"{layout.CLAIMS}/{name}")
+            self._store.delete(layout.result(chunk))
+            self._store.delete(layout.log(chunk))
+            self._chunks.pop(chunk, None)
+        for name in claims:
+            parsed = layout.parse_claim(name)
+            if parsed and parsed[0] == spec.chunk_count:
+                self._store.delete(f"{layout.CLAIMS}/{name}")
+        from .registry import jobs
+        jobs.set_final_status(self.name, None)
+        self._final_recorded = False
+        handle = env.launch(Launch(self._store, spec, None, min(env.num_workers(), max(1, len(redo)))))
+        self._store.put(layout.LAUNCH, json.dumps({"environment": env.to_dict(), "handle": handle,
+                                                   "time": time.time()}).encode())
+        return self
+
+    # -- display ----------------------------------------------------------------------
+
+    def summary(self) -> str:
+        status = self.get_status()
+        if status == UNKNOWN:
+            return f"Job {self.name!r}: Unknown ({self._error})"
+        rows = self._rows(refresh=False)
+        counts: dict[str, int] = {}
+        for r in rows:
+            counts[r["status"]] = counts.get(r["status"], 0) + 1
+        env = self.spec.environment
+        parts = [f"Job {self.name!r} ({self.spec.function_name}, {len(rows)} tasks) "
+                 f"on {env.get('name')} [{env.get('kind')}]: {status}",
+                 "  " + ", ".join(f"{k}: {v}" for k, v in sorted(counts.items()))]
+        return "\n".join(parts)
+
+    def __str__(self) -> str:
+        text = self.summary()
+        if self.get_status() == UNKNOWN:
+            return text
+        combined = self._combined_row()
+        return text + "\n\n" + metrics.to_table(self._rows(refresh=False) + ([combined] if combined else []))
+
+    def __repr__(self) -> str:
+        return f"<Job {self.name!r} {self.get_status()}>"

@@ -1,0 +1,92 @@
+"""JobSpec: what a job is (job.json), how tasks are named and how they are cut into chunks."""
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+import re
+from typing import Any
+
+FORMAT_VERSION = 1
+NAME_PATTERN = re.compile(r"^[A-Za-z0-9_-]+$")
+
+
+@dataclasses.dataclass
+class JobSpec:
+    """The contents of job.json: everything a worker or a reader needs besides the pickles."""
+
+    id: str
+    name: str
+    created: float
+    function_name: str
+    task_count: int
+    chunk_size: int
+    max_retries: int = 0
+    worker_retries: int = 2
+    task_timeout: float | None = None
+    fail_fast: bool = False
+    combiner_name: str | None = None
+    environment: dict[str, Any] = dataclasses.field(default_factory=dict)
+    lease_seconds: float = 30.0
+    heartbeat_seconds: float = 2.0
+    format_version: int = FORMAT_VERSION
+
+    @property
+    def chunk_count(self) -> int:
+        return math.ceil(self.task_count / self.chunk_size)
+
+    @property
+    def has_combiner(self) -> bool:
+        return self.combiner_name is not None
+
+    def chunk_tasks(self, chunk: int) -> range:
+        """Task indices of one chunk."""
+        start = chunk * self.chunk_size
+        return range(start, min(start + self.chunk_size, self.task_count))
+
+    def task_name(self, index: int) -> str:
+        return task_name(self.function_name, index)
+
+    def combiner_task_name(self) -> str:
+        return f"{self.combiner_name}-1-0"
+
+    def to_json(self) -> bytes:
+        data = dataclasses.asdict(self)
+        data["chunk_count"] = self.chunk_count
+        return json.dumps(data, indent=1, sort_keys=True).encode()
+
+    @classmethod
+    def from_json(cls, raw: bytes) -> "JobSpec":
+        data = json.loads(raw)
+        if not isinstance(data, dict) or data.get("format_version") != FORMAT_VERSION:
+            raise ValueError(f"unsupported job.json format version {data.get('format_version')!r}"
+                             if isinstance(data, dict) else "job.json is not an object")
+        data.pop("chunk_count", None)
+        fields = {f.name for f in dataclasses.fields(cls)}
+        return cls(**{k: v for k, v in data.items() if k in fields})
+
+
+def task_name(function_name: str, index: int) -> str:
+    """GraphLab's naming: `<function>-0-<i>` for map tasks."""
+    return f"{function_name}-0-{index}"
+
+
+def task_index(name: str) -> int | None:
+    """The index in a `<function>-0-<i>` task name, or None."""
+    head, sep, idx = name.rpartition("-0-")
+    return int(idx) if sep and idx.isdigit() else None
+
+
+def auto_chunk_size(task_count: int, workers: int) -> int:
+    """About sixteen chunks per worker: enough to balance uneven tasks, few enough
+    that storage round trips stay small next to the work."""
+    return max(1, math.ceil(task_count / (max(1, workers) * 16)))
+
+
+def function_label(fn: Any) -> str:
+    """A task-name-safe label for a callable: its __name__, 'lambda' for lambdas, the
+    wrapped function's name for functools.partial."""
+    inner = getattr(fn, "func", fn)
+    name = getattr(inner, "__name__", None) or type(inner).__name__
+    name = re.sub(r"[^A-Za-z0-9_]", "", name.replace("<lambda>", "lambda")) or "task"
+    return name

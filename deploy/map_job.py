@@ -1,0 +1,169 @@
+"""map_job.create(): validate, build the spec, write the job directory, launch workers."""
+from __future__ import annotations
+
+import inspect
+import json
+import pickle
+import time
+import uuid
+from collections.abc import Iterable, Mapping
+from typing import Any, Callable
+
+from . import config
+from .environments.base import Environment, Launch
+from .jobs import spec as specs
+from .jobs.job import Job
+from .jobs.registry import jobs as job_registry
+from .store import layout
+
+
+def _check_count(value: Any, what: str, minimum: int) -> int:
+    if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
+        raise ValueError(f"{what} must be an integer >= {minimum}, got {value!r}")
+    return value
+
+
+def _parameters(parameter_set: Any, max_tasks: int) -> list[dict]:
+    if isinstance(parameter_set, (str, bytes, Mapping)) or not isinstance(parameter_set, Iterable):
+        raise TypeError("parameter_set must be a list (or other iterable) of dicts of keyword "
+                        f"arguments, got {type(parameter_set).__name__}")
+    params = []
+    for i, item in enumerate(parameter_set):
+        if not isinstance(item, Mapping):
+            raise TypeError(f"parameter_set[{i}] is a {type(item).__name__}, not a dict of "
+                            "keyword arguments")
+        if not all(isinstance(k, str) for k in item):
+            raise TypeError(f"parameter_set[{i}] has a key that is not a string")
+        params.append(dict(item))
+        if len(params) > max_tasks:
+            raise ValueError(f"parameter_set has more than max_tasks={max_tasks} tasks; "
+                             "pass a larger max_tasks= if you mean it")
+    if not params:
+        raise ValueError("parameter_set is empty: give at least one dict of keyword arguments")
+    return params
+
+
+def _pickle_callable(fn: Any, what: str) -> bytes:
+    import cloudpickle
+    if not callable(fn):
+        raise TypeError(f"{what} must be callable, got {type(fn).__name__}")
+    try:
+        return cloudpickle.dumps(fn, protocol=pickle.HIGHEST_PROTOCOL)
+    except Exception as exc:
+        raise TypeError(f"{what} {getattr(fn, '__name__', fn)!r} cannot be sent to workers: "
+                        f"cloudpickle failed with {type(exc).__name__}: {exc}") from exc
+
+
+def _check_combiner(fn: Any) -> None:
+    if not callable(fn):
+        raise TypeError(f"combiner_function must be callable, got {type(fn).__name__}")
+    try:
+        params = inspect.signature(fn).parameters.values()
+    except (TypeError, ValueError):
+        return
+    if not any(p.kind is inspect.Parameter.VAR_KEYWORD for p in params):
+        raise TypeError("combiner_function must accept **kwargs: it is called as "
+                        "combiner(**{task_name: result, ...})")
+
+
+def _dump_chunk(tasks: list[tuple[int, dict]]) -> bytes:
+    try:
+        return pickle.dumps(tasks, protocol=pickle.HIGHEST_PROTOCOL)
+    except Exception:
+        import cloudpickle
+        try:
+            return cloudpickle.dumps(tasks, protocol=pickle.HIGHEST_PROTOCOL)
+        except Exception as exc:
+            first = tasks[0][0]
+            raise TypeError(f"a parameter in tasks {first}..{tasks[-1][0]} cannot be sent to "
+                            f"workers: {type(exc).__name__}: {exc}") from exc
+
+
+def resolve_environment(environment: Environment | str | None) -> Environment:
+    """An Environment, a saved name, a kind name ('LocalAsync'), or None for the default."""
+    if isinstance(environment, Environment):
+        return environment
+    if environment is None:
+        environment = config.get("default_environment")
+    if not isinstance(environment, str):
+        raise TypeError("environment must be an Environment, a saved environment's name or "
+                        f"None, got {type(environment).__name__}")
+    from .environments.registry import environments
+    return environments[environment]
+
+
+def create(function: Callable, parameter_set: Iterable[Mapping[str, Any]], name: str | None = None,
+           environment: Environment | str | None = None,
+           combiner_function: Callable | None = None, *, max_retries: int = 0,
+           task_timeout: float | None = None, max_concurrent_tasks: int | None = None,
+           chunk_size: int | None = None, max_tasks: int | None = None,
+           fail_fast: bool = False, worker_retries: int | None = None) -> Job:
+    """Run `function(**params)` for every dict in `parameter_set`, where `environment` says.
+
+    Returns at once with a Job (except in the blocking `Local` environment). Nothing is
+    written when an argument is bad; a job whose launch fails is removed again.
+    """
+    settings = config.load()
+    max_tasks = _check_count(settings["max_tasks"] if max_tasks is None else max_tasks, "max_tasks", 1)
+    max_retries = _check_count(max_retries, "max_retries", 0)
+    worker_retries = _check_count(settings["worker_retries"] if worker_retries is None
+                                  else worker_retries, "worker_retries", 0)
+    if task_timeout is not None and (isinstance(task_timeout, bool)
+                                     or not isinstance(task_timeout, (int, float)) or task_timeout <= 0):
+        raise ValueError(f"task_timeout must be a positive number of seconds, got {task_timeout!r}")
+    if max_concurrent_tasks is not None:
+        _check_count(max_concurrent_tasks, "max_concurrent_tasks", 1)
+    if chunk_size is not None:
+        _check_count(chunk_size, "chunk_size", 1)
+    if name is not None and (not isinstance(name, str) or not specs.NAME_PATTERN.match(name)):
+        raise ValueError(f"bad job name {name!r}: use only letters, digits, '_' and '-'")
+    if combiner_function is not None:
+        _check_combiner(combiner_function)
+    function_blob = _pickle_callable(function, "function")
+    combiner_blob = (_pickle_callable(combiner_function, "combiner_function")
+                     if combiner_function is not None else None)
+    params = _parameters(parameter_set, max_tasks)
+    env = resolve_environment(environment)
+
+    label = specs.function_label(function)
+    workers = min(env.num_workers(), max_concurrent_tasks or env.num_workers())
+    size = chunk_size or specs.auto_chunk_size(len(params), workers)
+    job_id = uuid.uuid4().hex[:16]
+    name = job_registry.reserve(name or f"{label}-{time.strftime('%Y%m%d-%H%M%S')}", job_id,
+                                explicit=name is not None)
+    spec = specs.JobSpec(
+        id=job_id, name=name, created=time.time(), function_name=label,
+        task_count=len(params), chunk_size=size, max_retries=max_retries,
+        worker_retries=worker_retries, task_timeout=task_timeout, fail_fast=bool(fail_fast),
+        combiner_name=specs.function_label(combiner_function) if combiner_function else None,
+        environment=env.to_dict(), lease_seconds=float(settings["lease_seconds"]),
+        heartbeat_seconds=float(settings["heartbeat_seconds"]))
+    store = None
+    try:
+        store = env.job_store(job_id)
+        write_job(store, spec, params, function_blob, combiner_blob)
+        job_registry.record(name, job_id, store.uri, env.name, label)
+        functions = {"map": function}
+        if combiner_function is not None:
+            functions["combine"] = combiner_function
+        handle = env.launch(Launch(store, spec, functions, min(workers, spec.chunk_count)))
+        store.put(layout.LAUNCH, json.dumps({"environment": env.to_dict(), "handle": handle,
+                                             "time": time.time()}).encode())
+    except BaseException:
+        if store is not None:
+            store.delete("")
+        job_registry.forget(name)
+        raise
+    return Job(store, name=name, environment=env, spec=spec)
+
+
+def write_job(store: Any, spec: specs.JobSpec, params: list[dict], function_blob: bytes,
+              combiner_blob: bytes | None) -> None:
+    """Write the job directory; job.json goes last, so a job without it was never whole."""
+    for chunk in range(spec.chunk_count):
+        tasks = [(i, params[i]) for i in spec.chunk_tasks(chunk)]
+        store.put(layout.inputs(chunk), _dump_chunk(tasks))
+    store.put(layout.FUNCTION, function_blob)
+    if combiner_blob is not None:
+        store.put(layout.COMBINER, combiner_blob)
+    store.put(layout.SPEC, spec.to_json())

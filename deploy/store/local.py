@@ -1,0 +1,75 @@
+"""Local-disk storage: temp file + rename for whole files, link() for exclusive publish."""
+from __future__ import annotations
+
+import os
+import shutil
+import tempfile
+
+from .base import Storage
+
+
+class LocalStorage(Storage):
+    """A job store in a directory of this machine; directories are private to the user."""
+
+    def __init__(self, root: str) -> None:
+        self.root = os.path.abspath(os.path.expanduser(root))
+        self.uri = "file://" + self.root
+
+    def _abs(self, path: str) -> str:
+        return os.path.join(self.root, path) if path else self.root
+
+    def local_path(self, path: str) -> str:
+        return self._abs(path)
+
+    def get(self, path: str) -> bytes:
+        with open(self._abs(path), "rb") as f:
+            return f.read()
+
+    def _write_temp(self, target: str, data: bytes) -> str:
+        directory = os.path.dirname(target)
+        try:
+            fd, tmp = tempfile.mkstemp(dir=directory, prefix=".tmp-")
+        except FileNotFoundError:
+            os.makedirs(directory, mode=0o700, exist_ok=True)
+            fd, tmp = tempfile.mkstemp(dir=directory, prefix=".tmp-")
+        try:
+            with os.fdopen(fd, "wb") as f:
+                f.write(data)
+        except BaseException:
+            os.unlink(tmp)
+            raise
+        return tmp
+
+    def put(self, path: str, data: bytes) -> None:
+        target = self._abs(path)
+        os.replace(self._write_temp(target, data), target)
+
+    def create_exclusive(self, path: str, data: bytes = b"") -> bool:
+        target = self._abs(path)
+        tmp = self._write_temp(target, data)
+        try:
+            os.link(tmp, target)
+            return True
+        except FileExistsError:
+            return False
+        finally:
+            os.unlink(tmp)
+
+    def list(self, path: str) -> list[str]:
+        try:
+            return sorted(n for n in os.listdir(self._abs(path)) if not n.startswith(".tmp-"))
+        except (FileNotFoundError, NotADirectoryError):
+            return []
+
+    def exists(self, path: str) -> bool:
+        return os.path.exists(self._abs(path))
+
+    def delete(self, path: str) -> None:
+        target = self._abs(path)
+        if os.path.isdir(target) and not os.path.islink(target):
+            shutil.rmtree(target, ignore_errors=True)
+        else:
+            try:
+                os.unlink(target)
+            except FileNotFoundError:
+                pass

@@ -1,0 +1,373 @@
+"""The loop every environment runs: `python -m deploy.worker STORE_URI [--processes N]`.
+
+A worker takes chunks from the job directory by exclusive create, runs them through an
+executor, publishes one result file per chunk, takes over chunks whose worker stopped
+heart-beating, and runs the combiner when it finishes the last chunk. It imports only the
+standard library, cloudpickle and the store it is pointed at.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import pickle
+import signal
+import sys
+import tempfile
+import time
+from typing import Callable
+
+from deploy.jobs import executor as ex
+from deploy.jobs import runner
+from deploy.jobs.spec import JobSpec
+from deploy.store import Storage, layout, open_store
+
+DONE = "done"
+
+
+def load_functions(store: Storage, spec: JobSpec) -> dict[str, Callable]:
+    """The job's pickled function (and combiner), loaded from the job directory."""
+    functions = {"map": pickle.loads(store.get(layout.FUNCTION))}
+    if spec.has_combiner:
+        functions["combine"] = pickle.loads(store.get(layout.COMBINER))
+    return functions
+
+
+def pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+class Worker:
+    """One worker: claims chunks until the job is done, canceled, or nothing is left to take."""
+
+    def __init__(self, store: Storage, spec: JobSpec | None = None,
+                 functions: dict[str, Callable] | None = None, inline: bool = False,
+                 poll_seconds: float = 0.5) -> None:
+        self.store = store
+        self.spec = spec or JobSpec.from_json(store.get(layout.SPEC))
+        self.functions = functions or load_functions(store, self.spec)
+        self.id = f"{runner.worker_id()}-{os.urandom(2).hex()}"
+        settings = ex.Settings(self.spec.max_retries + 1, self.spec.task_timeout, self.id)
+        self.executor = (ex.InlineExecutor if inline else ex.ForkExecutor)(self.functions, settings)
+        self.poll_seconds = poll_seconds
+        self.seq = 0
+        self.next_beat = 0.0
+        self.next_cancel_check = 0.0
+        self.canceled = False
+        self.seen: dict[str, tuple[object, float]] = {}
+        self.scratch = None if store.local_path("") else tempfile.mkdtemp(prefix="deploy-worker-")
+        self.live: tuple[str, str] | None = None       # (store path, local file) being streamed
+
+    # -- liveness ---------------------------------------------------------------------
+
+    def beat(self, force: bool = False) -> None:
+        now = time.monotonic()
+        if not force and now < self.next_beat:
+            return
+        self.seq += 1
+        self.store.put(layout.heartbeat(self.id), json.dumps(
+            {"worker": self.id, "host": runner.HOST, "pid": os.getpid(), "time": time.time(),
+             "seq": self.seq}).encode())
+        if self.live is not None:
+            path, local = self.live
+            try:
+                with open(local, "rb") as f:
+                    self.store.put(path, f.read())
+            except FileNotFoundError:
+                pass
+        self.next_beat = now + self.spec.heartbeat_seconds
+
+    def is_dead(self, owner: str) -> bool:
+        """A claim's owner is dead when its process is gone (same host) or its heartbeat
+        has not changed for a whole lease, as timed by this worker's own clock."""
+        try:
+            hb = json.loads(self.store.get(layout.heartbeat(owner)))
+        except (FileNotFoundError, ValueError):
+            hb = None
+        if hb and hb.get("host") == runner.HOST and not pid_alive(int(hb["pid"])):
+            return True
+        mark = hb.get("seq") if hb else None
+        now = time.monotonic()
+        seen = self.seen.get(owner)
+        if seen is None or seen[0] != mark:
+            self.seen[owner] = (mark, now)
+            return False
+        return now - seen[1] > self.spec.lease_seconds
+
+    def poll(self) -> bool:
+        """Called while tasks run: heart-beat, and tell whether to go on (False: canceled)."""
+        self.beat()
+        now = time.monotonic()
+        if not self.canceled and now >= self.next_cancel_check:
+            self.canceled = self.store.exists(layout.CANCEL)
+            self.next_cancel_check = now + self.poll_seconds
+        return not self.canceled
+
+    # -- taking work ------------------------------------------------------------------
+
+    def _read_rows(self, chunk: int) -> list[dict]:
+        return pickle.loads(self.store.get(layout.result(chunk)))["rows"]
+
+    def map_done(self) -> tuple[bool, bool]:
+        """(every chunk has its result, every task completed)."""
+        done = self.store.list(layout.RESULTS)
+        if len(done) < self.spec.chunk_count:
+            return False, False
+        ok = all(r["status"] == runner.COMPLETED
+                 for c in range(self.spec.chunk_count) for r in self._read_rows(c))
+        return True, ok
+
+    def candidates(self) -> list[int] | str:
+        """Chunks that may still need a worker, or DONE."""
+        n = self.spec.chunk_count
+        results = {int(name) for name in self.store.list(layout.RESULTS) if name.isdigit()}
+        if len(results) < n:
+            return [c for c in range(n) if c not in results]
+        if self.spec.has_combiner and not self.canceled and not self.store.exists(layout.COMBINED):
+            if self.map_done()[1]:
+                return [n]                    # the combiner, as one more "chunk"
+        return DONE
+
+    def claim_next(self) -> tuple[int, int] | str | None:
+        """(chunk, attempt) this worker now owns, DONE, or None (all taken by live workers)."""
+        todo = self.candidates()
+        if todo == DONE:
+            return DONE
+        claimed: dict[int, int] = {}
+        for name in self.store.list(layout.CLAIMS):
+            parsed = layout.parse_claim(name)
+            if parsed:
+                claimed[parsed[0]] = max(parsed[1], claimed.get(parsed[0], -1))
+        for chunk in todo:
+            if chunk not in claimed and self.store.create_exclusive(
+                    layout.claim(chunk, 0), self.id.encode()):
+                return chunk, 0
+        for chunk in todo:
+            if chunk in claimed:
+                attempt = claimed[chunk]
+                try:
+                    owner = self.store.get(layout.claim(chunk, attempt)).decode()
+                except FileNotFoundError:
+                    continue
+                if owner != self.id and self.is_dead(owner) and self.store.create_exclusive(
+                        layout.claim(chunk, attempt + 1), self.id.encode()):
+                    return chunk, attempt + 1
+        return None
+
+    # -- running ----------------------------------------------------------------------
+
+    def calls(self, chunk: int) -> list[ex.Call]:
+        tasks = pickle.loads(self.store.get(layout.inputs(chunk)))
+        return [(i, self.spec.task_name(i), kwargs, 1) for i, kwargs in tasks]
+
+    def log_file(self, chunk: int, attempt: int) -> str:
+        path = layout.live_log(chunk, attempt)
+        local = self.store.local_path(path)
+        if local is None:
+            local = os.path.join(self.scratch, path.replace("/", "_"))
+            self.live = (path, local)
+        else:
+            os.makedirs(os.path.dirname(local), mode=0o700, exist_ok=True)
+        return local
+
+    def publish_log(self, chunk: int, attempt: int, local: str) -> None:
+        """Make the attempt's output the chunk's log (first publisher wins), drop the live file."""
+        live = layout.live_log(chunk, attempt)
+        self.live = None
+        try:
+            with open(local, "rb") as f:
+                data = f.read()
+        except FileNotFoundError:
+            data = b""
+        self.store.create_exclusive(layout.log(chunk), data)
+        self.store.delete(live)
+        if self.store.local_path(live) is None and os.path.exists(local):
+            os.unlink(local)
+
+    def publish(self, chunk: int, attempt: int, rows: list[dict]) -> bool:
+        rows.sort(key=lambda r: r["task_index"])
+        data = pickle.dumps({"chunk": chunk, "attempt": attempt, "worker": self.id, "rows": rows},
+                            protocol=pickle.HIGHEST_PROTOCOL)
+        published = self.store.create_exclusive(layout.result(chunk), data)
+        if published and self.spec.fail_fast and not self.canceled:
+            failed = next((r for r in rows if r["status"] == runner.FAILED), None)
+            if failed is not None:
+                self.store.create_exclusive(layout.CANCEL, json.dumps(
+                    {"reason": "fail_fast", "task": failed["task_name"], "time": time.time()}).encode())
+        return published
+
+    def run_chunk(self, chunk: int, attempt: int) -> None:
+        calls = self.calls(chunk)
+        if attempt > self.spec.worker_retries:
+            lost = [runner.make_row(name, i, runner.FAILED, attempt=attempt, worker=self.id,
+                                    exc_type="WorkerLost",
+                                    message=f"the worker running this task was lost {attempt} "
+                                            f"times (worker_retries={self.spec.worker_retries})")
+                    for i, name, _, _ in calls]
+            self.publish(chunk, attempt, lost)
+            return
+        local = self.log_file(chunk, attempt)
+        try:
+            rows = self.executor.run("map", calls, local, self.poll)
+        except ex.Interrupted as stop:
+            rows = stop.rows + ex.canceled_rows(stop.unrun, self.id, self.cancel_reason())
+            self.canceled = True
+        self.publish(chunk, attempt, rows)
+        self.publish_log(chunk, attempt, local)
+
+    def run_combiner(self, attempt: int) -> None:
+        n = self.spec.chunk_count
+        values = {r["task_name"]: pickle.loads(r["_value"])
+                  for c in range(n) for r in self._read_rows(c)}
+        name = self.spec.combiner_task_name()
+        local = self.log_file(n, attempt)
+        try:
+            rows = self.executor.run("combine", [(0, name, values, 1)], local, self.poll)
+        except ex.Interrupted as stop:
+            rows = stop.rows + ex.canceled_rows(stop.unrun, self.id, self.cancel_reason())
+        self.store.create_exclusive(layout.COMBINED, pickle.dumps(rows[0]))
+        self.publish_log(n, attempt, local)
+
+    def cancel_reason(self) -> str:
+        try:
+            info = json.loads(self.store.get(layout.CANCEL))
+        except (FileNotFoundError, ValueError):
+            return "the job was canceled"
+        if info.get("reason") == "fail_fast":
+            return f"fail_fast: task {info.get('task')} failed"
+        return "the job was canceled"
+
+    def sweep_canceled(self) -> None:
+        """After a cancel: give every chunk nobody live is running its Canceled rows."""
+        while True:
+            todo = self.claim_next()
+            if todo is None or todo == DONE:
+                return
+            chunk, attempt = todo
+            if chunk >= self.spec.chunk_count:
+                return
+            self.publish(chunk, attempt, ex.canceled_rows(self.calls(chunk), self.id,
+                                                          self.cancel_reason()))
+
+    def run(self) -> None:
+        """Work until the job is done or canceled."""
+        try:
+            self.beat(force=True)
+            while True:
+                if not self.poll():
+                    self.sweep_canceled()
+                    return
+                todo = self.claim_next()
+                if todo == DONE:
+                    return
+                if todo is None:
+                    time.sleep(self.poll_seconds)   # chunks held by live workers: wait to help
+                    continue
+                chunk, attempt = todo
+                if chunk == self.spec.chunk_count:
+                    self.run_combiner(attempt)
+                else:
+                    self.run_chunk(chunk, attempt)
+                    if self.canceled:
+                        self.sweep_canceled()
+                        return
+        except ex.Terminated:
+            self.canceled = True
+            self.sweep_canceled()
+        finally:
+            self.executor.close()
+            self.store.delete(layout.heartbeat(self.id))
+
+
+def work(store_uri: str, processes: int = 1, functions: dict[str, Callable] | None = None) -> None:
+    """Run `processes` workers on this job (forked, sharing the loaded function) and wait."""
+    store = open_store(store_uri)
+    spec = JobSpec.from_json(store.get(layout.SPEC))
+    functions = functions or load_functions(store, spec)
+    if processes <= 1:
+        ex.install_sigterm()
+        Worker(store, spec, functions).run()
+        return
+    pids = [fork_worker(store_uri, functions, detach=False) for _ in range(processes)]
+    forward = lambda signum, frame: [_signal(p, signum) for p in pids]
+    signal.signal(signal.SIGTERM, forward)
+    for pid in pids:
+        while True:
+            try:
+                os.waitpid(pid, 0)
+                break
+            except ChildProcessError:
+                break
+            except InterruptedError:
+                continue
+
+
+def _signal(pid: int, signum: int) -> None:
+    try:
+        os.kill(pid, signum)
+    except ProcessLookupError:
+        pass
+
+
+def fork_worker(store_uri: str, functions: dict[str, Callable] | None, detach: bool,
+                stderr_path: str | None = None) -> int:
+    """Fork one worker process and return its pid. With `detach`, the worker is a
+    grandchild in its own session: it outlives the caller and leaves no zombie."""
+    read_fd, write_fd = os.pipe()
+    pid = os.fork()
+    if pid:
+        os.close(write_fd)
+        with os.fdopen(read_fd, "rb") as pipe:
+            worker_pid = int(pipe.read() or b"0")
+        if detach:
+            os.waitpid(pid, 0)
+        return worker_pid or pid
+    code = 0
+    try:
+        os.close(read_fd)
+        if detach:
+            os.setsid()
+            if os.fork():
+                os._exit(0)
+        os.write(write_fd, str(os.getpid()).encode())
+        os.close(write_fd)
+        signal.signal(signal.SIGINT, signal.SIG_IGN)
+        _redirect_stdio(stderr_path)
+        ex.install_sigterm()
+        store = open_store(store_uri)
+        Worker(store, functions=functions).run()
+    except BaseException:
+        import traceback
+        traceback.print_exc()
+        code = 1
+    finally:
+        os._exit(code)
+
+
+def _redirect_stdio(stderr_path: str | None) -> None:
+    null = os.open(os.devnull, os.O_RDWR)
+    err = os.open(stderr_path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600) if stderr_path else null
+    os.dup2(null, 0)
+    os.dup2(null, 1)
+    os.dup2(err, 2)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m deploy.worker", description=__doc__)
+    parser.add_argument("store_uri", help="the job directory, e.g. file:///path or hdfs://...")
+    parser.add_argument("--processes", type=int, default=1, help="worker processes to run")
+    args = parser.parse_args(argv)
+    if args.processes < 1:
+        parser.error("--processes must be at least 1")
+    work(args.store_uri, args.processes)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
