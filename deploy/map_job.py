@@ -43,12 +43,11 @@ def _parameters(parameter_set: Any, max_tasks: int) -> list[dict]:
     return params
 
 
-def _pickle_callable(fn: Any, what: str) -> bytes:
-    import cloudpickle
+def _pickle_callable(fn: Any, what: str, env: Environment) -> bytes:
     if not callable(fn):
         raise TypeError(f"{what} must be callable, got {type(fn).__name__}")
     try:
-        return cloudpickle.dumps(fn, protocol=pickle.HIGHEST_PROTOCOL)
+        return env.serialize(fn)
     except Exception as exc:
         raise TypeError(f"{what} {getattr(fn, '__name__', fn)!r} cannot be sent to workers: "
                         f"cloudpickle failed with {type(exc).__name__}: {exc}") from exc
@@ -97,11 +96,16 @@ def create(function: Callable, parameter_set: Iterable[Mapping[str, Any]], name:
            combiner_function: Callable | None = None, *, max_retries: int = 0,
            task_timeout: float | None = None, max_concurrent_tasks: int | None = None,
            chunk_size: int | None = None, max_tasks: int | None = None,
-           fail_fast: bool = False, worker_retries: int | None = None) -> Job:
+           fail_fast: bool = False, worker_retries: int | None = None, _single: bool = False) -> Job:
     """Run `function(**params)` for every dict in `parameter_set`, where `environment` says.
 
     Returns at once with a Job (except in the blocking `Local` environment). Nothing is
     written when an argument is bad; a job whose launch fails is removed again.
+    Beyond GraphLab: `max_retries` re-runs a task that raised; `task_timeout` (seconds)
+    stops a task and records TimeoutError; `max_concurrent_tasks` caps the workers;
+    `chunk_size` sets tasks per chunk; `max_tasks` refuses larger parameter sets;
+    `fail_fast` stops the job at the first failed task; `worker_retries` is how often a
+    chunk whose worker was lost runs again before its tasks fail with WorkerLost.
     """
     settings = config.load()
     max_tasks = _check_count(settings["max_tasks"] if max_tasks is None else max_tasks, "max_tasks", 1)
@@ -117,13 +121,15 @@ def create(function: Callable, parameter_set: Iterable[Mapping[str, Any]], name:
         _check_count(chunk_size, "chunk_size", 1)
     if name is not None and (not isinstance(name, str) or not specs.NAME_PATTERN.match(name)):
         raise ValueError(f"bad job name {name!r}: use only letters, digits, '_' and '-'")
+    if not callable(function):
+        raise TypeError(f"function must be callable, got {type(function).__name__}")
     if combiner_function is not None:
         _check_combiner(combiner_function)
-    function_blob = _pickle_callable(function, "function")
-    combiner_blob = (_pickle_callable(combiner_function, "combiner_function")
-                     if combiner_function is not None else None)
     params = _parameters(parameter_set, max_tasks)
     env = resolve_environment(environment)
+    function_blob = _pickle_callable(function, "function", env)
+    combiner_blob = (_pickle_callable(combiner_function, "combiner_function", env)
+                     if combiner_function is not None else None)
 
     label = specs.function_label(function)
     workers = min(env.num_workers(), max_concurrent_tasks or env.num_workers())
@@ -137,7 +143,7 @@ def create(function: Callable, parameter_set: Iterable[Mapping[str, Any]], name:
         worker_retries=worker_retries, task_timeout=task_timeout, fail_fast=bool(fail_fast),
         combiner_name=specs.function_label(combiner_function) if combiner_function else None,
         environment=env.to_dict(), lease_seconds=float(settings["lease_seconds"]),
-        heartbeat_seconds=float(settings["heartbeat_seconds"]))
+        heartbeat_seconds=float(settings["heartbeat_seconds"]), single=_single)
     store = None
     try:
         store = env.job_store(job_id)

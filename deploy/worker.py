@@ -53,7 +53,7 @@ class Worker:
         self.spec = spec or JobSpec.from_json(store.get(layout.SPEC))
         self.functions = functions or load_functions(store, self.spec)
         self.id = f"{runner.worker_id()}-{os.urandom(2).hex()}"
-        settings = ex.Settings(self.spec.max_retries + 1, self.spec.task_timeout, self.id)
+        settings = ex.Settings(self.spec.task_timeout, self.id)
         self.executor = (ex.InlineExecutor if inline else ex.ForkExecutor)(self.functions, settings)
         self.poll_seconds = poll_seconds
         self.seq = 0
@@ -162,9 +162,12 @@ class Worker:
 
     # -- running ----------------------------------------------------------------------
 
-    def calls(self, chunk: int) -> list[ex.Call]:
+    def calls(self, chunk: int, attempt: int = 0) -> list[ex.Call]:
+        """The chunk's tasks; a chunk taken over from a lost worker counts as their next attempt."""
         tasks = pickle.loads(self.store.get(layout.inputs(chunk)))
-        return [(i, self.spec.task_name(i), kwargs, 1) for i, kwargs in tasks]
+        first = attempt + 1
+        return [(i, self.spec.task_name(i), kwargs, first, first + self.spec.max_retries)
+                for i, kwargs in tasks]
 
     def log_file(self, chunk: int, attempt: int) -> str:
         path = layout.live_log(chunk, attempt)
@@ -203,13 +206,13 @@ class Worker:
         return published
 
     def run_chunk(self, chunk: int, attempt: int) -> None:
-        calls = self.calls(chunk)
+        calls = self.calls(chunk, attempt)
         if attempt > self.spec.worker_retries:
             lost = [runner.make_row(name, i, runner.FAILED, attempt=attempt, worker=self.id,
                                     exc_type="WorkerLost",
                                     message=f"the worker running this task was lost {attempt} "
                                             f"times (worker_retries={self.spec.worker_retries})")
-                    for i, name, _, _ in calls]
+                    for i, name, *_ in calls]
             self.publish(chunk, attempt, lost)
             return
         local = self.log_file(chunk, attempt)
@@ -228,7 +231,9 @@ class Worker:
         name = self.spec.combiner_task_name()
         local = self.log_file(n, attempt)
         try:
-            rows = self.executor.run("combine", [(0, name, values, 1)], local, self.poll)
+            first = attempt + 1
+            call = (0, name, values, first, first + self.spec.max_retries)
+            rows = self.executor.run("combine", [call], local, self.poll)
         except ex.Interrupted as stop:
             rows = stop.rows + ex.canceled_rows(stop.unrun, self.id, self.cancel_reason())
         self.store.create_exclusive(layout.COMBINED, pickle.dumps(rows[0]))

@@ -1,10 +1,15 @@
 """Where workers run. `deploy.environment.Local`, `deploy.environment.LocalAsync`, and the
-cluster environments, each in its own module, loaded only when used."""
+cluster environments, each in its own module, loaded only when used.
+
+The package is also the registry of saved environments: `deploy.environments.list()`,
+`deploy.environments['name']`, `deploy.environments.delete('name')`.
+"""
 from __future__ import annotations
 
 import importlib
 from typing import Any
 
+from .._registry_module import make_registry_module
 from .base import Environment, Launch
 
 # kind -> "module:class"; the core resolves environments by name, never by import.
@@ -39,3 +44,6 @@ def __getattr__(name: str) -> Any:
 
 
 __all__ = ["Environment", "Launch", "Local", "LocalAsync", "from_dict"]
+
+
+make_registry_module(__name__, "deploy.environments.registry:environments", ("list", "delete", "names", "save"))

@@ -62,6 +62,14 @@ class Environment(abc.ABC):
         """Why the workers stopped before finishing, when the environment knows."""
         return None
 
+    def serialize(self, fn: Callable) -> bytes:
+        """Pickle a job's function for the workers. Backends whose hosts lack the caller's
+        modules override this to send those modules by value."""
+        import pickle
+
+        import cloudpickle
+        return cloudpickle.dumps(fn, protocol=pickle.HIGHEST_PROTOCOL)
+
     # -- data -------------------------------------------------------------------------
 
     def settings(self) -> dict[str, Any]:

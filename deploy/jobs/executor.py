@@ -20,7 +20,7 @@ from typing import Any, Callable, Iterable
 
 from . import runner
 
-Call = tuple  # (task_index, task_name, kwargs, first_attempt)
+Call = tuple  # (task_index, task_name, kwargs, attempt, last_attempt)
 _SLOT = struct.Struct("qqd")   # the running call: position in the batch, attempt, start time
 _LEN = struct.Struct("!I")
 _FLUSH_SECONDS = 0.5
@@ -49,12 +49,12 @@ def install_sigterm() -> None:
 class Settings:
     """What an executor needs to know about the job, besides the functions."""
 
-    def __init__(self, max_attempts: int, task_timeout: float | None, worker: str) -> None:
-        self.max_attempts, self.task_timeout, self.worker = max_attempts, task_timeout, worker
+    def __init__(self, task_timeout: float | None, worker: str) -> None:
+        self.task_timeout, self.worker = task_timeout, worker
 
 
 def lost_row(call: Call, settings: Settings, exc_type: str, message: str, start: float | None) -> dict:
-    index, name, _, attempt = call
+    index, name, _, attempt, _ = call
     return runner.make_row(name, index, runner.FAILED, attempt=attempt, worker=settings.worker,
                            start=start, end=time.time(), exc_type=exc_type, message=message)
 
@@ -62,7 +62,7 @@ def lost_row(call: Call, settings: Settings, exc_type: str, message: str, start:
 def canceled_rows(calls: Iterable[Call], worker: str, why: str = "the job was canceled") -> list[dict]:
     return [runner.make_row(name, index, runner.CANCELED, attempt=attempt, worker=worker,
                             exc_type="Canceled", message=why)
-            for index, name, _, attempt in calls]
+            for index, name, _, attempt, _ in calls]
 
 
 # ---------------------------------------------------------------------------- inline
@@ -82,11 +82,10 @@ class InlineExecutor:
             for i, call in enumerate(calls):
                 if not poll():
                     raise Interrupted(rows, calls[i:])
-                index, name, kwargs, attempt = call
+                index, name, kwargs, attempt, last = call
                 with _timeout(self.settings.task_timeout), \
                         contextlib.redirect_stdout(text), contextlib.redirect_stderr(text):
-                    row = runner.run_task(fn, name, index, kwargs, attempt=attempt,
-                                          max_attempts=self.settings.max_attempts,
+                    row = runner.run_task(fn, name, index, kwargs, attempt=attempt, max_attempts=last,
                                           worker=self.settings.worker, begin=_marker(text, index))
                 rows.append(row)
         finally:
@@ -190,9 +189,9 @@ def _child_main(functions: dict[str, Callable], settings: Settings, tasks_fd: in
             os.write(1, runner.log_marker(index, attempt))
             slot[:_SLOT.size] = _SLOT.pack(pos, attempt, time.time())
         fn, batch, last = functions[kind], [], time.monotonic()
-        for pos, (index, name, kwargs, attempt) in enumerate(calls):
+        for pos, (index, name, kwargs, attempt, last) in enumerate(calls):
             batch.append(runner.run_task(
-                fn, name, index, kwargs, attempt=attempt, max_attempts=settings.max_attempts,
+                fn, name, index, kwargs, attempt=attempt, max_attempts=last,
                 worker=settings.worker, begin=lambda a, p=pos, i=index: begin(a, p, i)))
             if time.monotonic() - last > _FLUSH_SECONDS:
                 _send(rows_fd, ("rows", batch))
@@ -301,11 +300,11 @@ class ForkExecutor:
         pos, attempt, start = running
         if pos < received:          # died between calls: nothing to blame
             return list(sent[received:])
-        index, name, kwargs, _ = sent[pos]
-        if attempt < self.settings.max_attempts:
-            retry = [(index, name, kwargs, attempt + 1)]
+        index, name, kwargs, _, last = sent[pos]
+        if attempt < last:
+            retry = [(index, name, kwargs, attempt + 1, last)]
         else:
             retry = []
-            rows.append(lost_row((index, name, kwargs, attempt), self.settings, exc_type,
+            rows.append(lost_row((index, name, kwargs, attempt, last), self.settings, exc_type,
                                  message, start))
         return list(sent[received:pos]) + retry + list(sent[pos + 1:])

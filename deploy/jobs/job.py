@@ -36,6 +36,7 @@ class Job:
         self._chunks: dict[int, dict] = {}          # published results never change: cache
         self._combined: dict | None = None
         self._error: str | None = None
+        self._follower = None       # keeps its place in the logs across wait(stream=...) calls
         self.name = name or (spec.name if spec else None)
         self.id = job_id or (spec.id if spec else None)
         self._final_recorded = False
@@ -212,7 +213,8 @@ class Job:
             raise JobError(self._failure_summary(status))
         if self.spec.has_combiner:
             return pickle.loads(self._combined_row()["_value"])
-        return self.get_map_results()
+        results = self.get_map_results()
+        return results[0] if self.spec.single else results
 
     def _failure_summary(self, status: str) -> str:
         rows = self._rows()
@@ -300,7 +302,9 @@ class Job:
         from .logs import LogFollower
         deadline = None if timeout is None else time.monotonic() + timeout
         bar = self._progress_bar(progress)
-        follower = LogFollower(self._store, self.spec) if stream else None
+        if stream and self._follower is None:
+            self._follower = LogFollower(self._store, self.spec)
+        follower = self._follower if stream else None
         delay = 0.005
         try:
             while True:
@@ -350,7 +354,7 @@ class Job:
         for chunk in range(spec.chunk_count):
             if chunk in self._chunks:
                 continue
-            calls = [(i, spec.task_name(i), None, 0) for i in spec.chunk_tasks(chunk)]
+            calls = [(i, spec.task_name(i), None, 0, 0) for i in spec.chunk_tasks(chunk)]
             data = {"chunk": chunk, "attempt": -1, "worker": "client",
                     "rows": canceled_rows(calls, "client")}
             self._store.create_exclusive(layout.result(chunk), pickle.dumps(data))

@@ -1,6 +1,7 @@
 """The metrics schema: task rows -> pandas DataFrame, and text tables for people."""
 from __future__ import annotations
 
+import time
 from typing import TYPE_CHECKING, Iterable
 
 if TYPE_CHECKING:
@@ -41,6 +42,8 @@ def to_table(rows: Iterable[dict], columns: list[str] = TABLE_COLUMNS) -> str:
             v = r.get(c)
             if c == "run_time" and v is not None:
                 v = f"{v:.3f}s"
+            elif c in ("start_time", "end_time") and v is not None:
+                v = time.strftime("%H:%M:%S", time.localtime(v)) + f".{int(v % 1 * 1000):03d}"
             line.append("" if v is None else _short(v))
         body.append(line)
     return tabulate(body, headers=columns, tablefmt="simple")

@@ -26,6 +26,7 @@ class JobSpec:
     task_timeout: float | None = None
     fail_fast: bool = False
     combiner_name: str | None = None
+    single: bool = False                  # deploy.job.create: get_results() is the one value
     environment: dict[str, Any] = dataclasses.field(default_factory=dict)
     lease_seconds: float = 30.0
     heartbeat_seconds: float = 2.0

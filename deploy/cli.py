@@ -1,0 +1,304 @@
+"""The `deploy` command: run a function over a parameter file, and manage jobs and environments.
+
+Exit codes: 0 success (all tasks completed), 1 a task failed or the job did not complete,
+2 usage error (bad arguments, unknown job or environment, unreadable file).
+"""
+from __future__ import annotations
+
+import argparse
+import csv
+import importlib
+import importlib.util
+import json
+import os
+import sys
+from pathlib import Path
+from typing import Any, Callable
+
+EXIT_OK, EXIT_FAILED, EXIT_USAGE = 0, 1, 2
+
+
+class UsageError(Exception):
+    """Bad command-line input: printed without a traceback, exit 2."""
+
+
+# -- loading what the user names ---------------------------------------------------------
+
+def load_callable(ref: str) -> Callable:
+    """'path/to/file.py:func' or 'package.module:func' -> the callable."""
+    target, sep, attr = ref.rpartition(":")
+    if not sep or not target or not attr:
+        raise UsageError(f"bad function reference {ref!r}: use FILE.py:FUNC or module:FUNC")
+    if target.endswith(".py") or os.sep in target:
+        path = Path(target).expanduser().resolve()
+        if not path.is_file():
+            raise UsageError(f"no such file: {target}")
+        import cloudpickle
+        name = f"deploy_user_{path.stem}"
+        spec = importlib.util.spec_from_file_location(name, path)
+        module = importlib.util.module_from_spec(spec)
+        sys.modules[name] = module
+        sys.path.insert(0, str(path.parent))
+        try:
+            spec.loader.exec_module(module)
+        except Exception as exc:
+            raise UsageError(f"cannot load {target}: {type(exc).__name__}: {exc}") from exc
+        cloudpickle.register_pickle_by_value(module)   # workers need not find the file
+    else:
+        sys.path.insert(0, os.getcwd())
+        try:
+            module = importlib.import_module(target)
+        except ImportError as exc:
+            raise UsageError(f"cannot import module {target!r}: {exc}") from exc
+    fn = getattr(module, attr, None)
+    if not callable(fn):
+        raise UsageError(f"{target} has no function {attr!r}")
+    return fn
+
+
+def _cell(value: str) -> Any:
+    for kind in (int, float):
+        try:
+            return kind(value)
+        except ValueError:
+            pass
+    return value
+
+
+def load_params(path: str) -> list[dict]:
+    """A JSON list of objects, JSON Lines (.jsonl/.ndjson), or CSV with a header row."""
+    file = Path(path).expanduser()
+    if not file.is_file():
+        raise UsageError(f"no such parameter file: {path}")
+    text = file.read_text()
+    suffix = file.suffix.lower()
+    try:
+        if suffix == ".csv":
+            rows = list(csv.DictReader(text.splitlines()))
+            if not rows:
+                raise UsageError(f"{path}: no rows under the CSV header")
+            return [{k: _cell(v) for k, v in row.items()} for row in rows]
+        if suffix in (".jsonl", ".ndjson"):
+            return [json.loads(line) for line in text.splitlines() if line.strip()]
+        data = json.loads(text)
+    except json.JSONDecodeError as exc:
+        raise UsageError(f"{path}: not valid JSON: {exc}") from None
+    if not isinstance(data, list):
+        raise UsageError(f"{path}: expected a JSON list of objects")
+    return data
+
+
+def _job(ref: str):
+    import deploy
+    from .errors import JobNotFound
+    try:
+        return deploy.jobs[int(ref)] if ref.lstrip("-").isdigit() else deploy.jobs[ref]
+    except JobNotFound as exc:
+        raise UsageError(str(exc)) from None
+
+
+def _json(value: Any) -> str:
+    return json.dumps(value, default=repr)
+
+
+# -- commands ------------------------------------------------------------------------------
+
+def cmd_run(args: argparse.Namespace) -> int:
+    import deploy
+    from .environments.registry import environments
+    from .errors import EnvironmentNotFound
+    fn = load_callable(args.function)
+    combiner = load_callable(args.combiner) if args.combiner else None
+    params = load_params(args.params)
+    env = None
+    if args.env:
+        try:
+            env = environments[args.env]
+        except EnvironmentNotFound as exc:
+            raise UsageError(str(exc)) from None
+    options = {k: v for k, v in (("max_retries", args.max_retries), ("task_timeout", args.task_timeout),
+                                 ("chunk_size", args.chunk_size), ("fail_fast", args.fail_fast or None),
+                                 ("max_concurrent_tasks", args.max_concurrent_tasks)) if v is not None}
+    try:
+        job = deploy.map_job.create(fn, params, name=args.name, environment=env,
+                                    combiner_function=combiner, **options)
+    except (TypeError, ValueError) as exc:
+        raise UsageError(str(exc)) from None
+    if args.detach:
+        print(job.name)
+        return EXIT_OK
+    print(f"job {job.name}: {job.spec.task_count} tasks on {job.spec.environment['name']}",
+          file=sys.stderr)
+    try:
+        status = job.wait(stream=lambda line: print(line, flush=True))
+    except KeyboardInterrupt:
+        job.cancel()
+        print(f"\ncanceled job {job.name}", file=sys.stderr)
+        return 130
+    _print_results(job)
+    print(job)
+    return EXIT_OK if status == "Completed" else EXIT_FAILED
+
+
+def _print_results(job) -> None:
+    print("results: " + _json(job.get_map_results()))
+    if job.spec.has_combiner and job.get_status() == "Completed":
+        print("combined: " + _json(job.get_results()))
+
+
+def cmd_jobs(args: argparse.Namespace) -> int:
+    import deploy
+    action = args.action or "list"
+    if action == "list":
+        frame = deploy.jobs.list()
+        from tabulate import tabulate
+        print(tabulate(frame.values.tolist(), headers=list(frame.columns)) if len(frame) else "no jobs")
+        return EXIT_OK
+    if action == "rm":
+        if not args.refs:
+            raise UsageError("deploy jobs rm needs at least one job name or pattern")
+        removed = []
+        for ref in args.refs:
+            if any(c in ref for c in "*?["):
+                removed += deploy.jobs.delete(pattern=ref)
+            else:
+                _job(ref)
+                removed += deploy.jobs.delete(name=ref)
+        print("\n".join(f"removed {n}" for n in removed) or "nothing matched")
+        return EXIT_OK
+    if not args.refs:
+        raise UsageError(f"deploy jobs {action} needs a job name or index")
+    job = _job(args.refs[0])
+    if action == "show":
+        print(job)
+        error = job.get_error()
+        if error:
+            print("\n" + error)
+    elif action == "metrics":
+        from .jobs.metrics import COLUMNS, to_table
+        print(to_table(job._rows() , columns=[c for c in COLUMNS if c != "exception_traceback"]))
+    elif action == "results":
+        _print_results(job)
+        return EXIT_OK if job.get_status() == "Completed" else EXIT_FAILED
+    elif action == "logs":
+        try:
+            sys.stdout.write(job.get_logs(args.refs[1] if len(args.refs) > 1 else None))
+        except KeyError as exc:
+            raise UsageError(exc.args[0]) from None
+    elif action == "cancel":
+        job.cancel()
+        print(f"{job.name}: {job.get_status()}")
+    elif action == "resume":
+        from .errors import JobError
+        try:
+            job.resume()
+        except JobError as exc:
+            raise UsageError(str(exc)) from None
+        print(f"{job.name}: resumed")
+    return EXIT_OK
+
+
+def cmd_envs(args: argparse.Namespace) -> int:
+    import deploy
+    from .errors import EnvironmentNotFound
+    action = args.action or "list"
+    try:
+        if action == "list":
+            frame = deploy.environments.list()
+            from tabulate import tabulate
+            print(tabulate(frame.values.tolist(), headers=list(frame.columns))
+                  if len(frame) else "no saved environments")
+        elif action == "show":
+            print(json.dumps(deploy.environments[_one(args, "show")].to_dict(), indent=2))
+        elif action == "rm":
+            deploy.environments.delete(_one(args, "rm"))
+            print(f"removed {args.rest[0]}")
+    except EnvironmentNotFound as exc:
+        raise UsageError(str(exc)) from None
+    return EXIT_OK
+
+
+def cmd_envs_create(args: argparse.Namespace) -> int:
+    from .environments.local import Local, LocalAsync
+    try:
+        env = Local(args.name) if args.kind == "local" else LocalAsync(args.name, num_workers=args.workers)
+    except ValueError as exc:
+        raise UsageError(str(exc)) from None
+    env.save()
+    print(f"saved {env!r}")
+    return EXIT_OK
+
+
+def _one(args: argparse.Namespace, action: str) -> str:
+    if len(args.rest) != 1:
+        raise UsageError(f"deploy envs {action} takes one environment name")
+    return args.rest[0]
+
+
+# -- parser --------------------------------------------------------------------------------
+
+class _Parser(argparse.ArgumentParser):
+    def error(self, message: str) -> None:
+        self.print_usage(sys.stderr)
+        raise UsageError(message)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = _Parser(prog="deploy", description="Run a function over many parameter sets in parallel.")
+    from . import __version__
+    parser.add_argument("--version", action="version", version=f"deploy {__version__}")
+    sub = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
+
+    run = sub.add_parser("run", help="run FUNC over a parameter file and wait for it")
+    run.add_argument("function", help="FILE.py:FUNC or module:FUNC")
+    run.add_argument("--params", required=True, help="JSON list of objects, JSON Lines, or CSV")
+    run.add_argument("--env", help="a saved environment's name (default: LocalAsync)")
+    run.add_argument("--combiner", help="FILE.py:FUNC or module:FUNC, called with **{task: result}")
+    run.add_argument("--name", help="job name (default: FUNC-TIMESTAMP)")
+    run.add_argument("--detach", action="store_true", help="print the job name and return at once")
+    run.add_argument("--max-retries", type=int)
+    run.add_argument("--task-timeout", type=float)
+    run.add_argument("--chunk-size", type=int)
+    run.add_argument("--max-concurrent-tasks", type=int)
+    run.add_argument("--fail-fast", action="store_true")
+    run.set_defaults(handler=cmd_run)
+
+    jobs = sub.add_parser("jobs", help="list / show / metrics / results / logs / cancel / resume / rm")
+    jobs.add_argument("action", nargs="?", choices=["list", "show", "metrics", "results", "logs",
+                                                    "cancel", "resume", "rm"])
+    jobs.add_argument("refs", nargs="*", help="job name or index (logs: then a task name)")
+    jobs.set_defaults(handler=cmd_jobs)
+
+    envs = sub.add_parser("envs", help="list / show / rm / create saved environments")
+    envs_sub = envs.add_subparsers(dest="action", parser_class=_Parser)
+    for action in ("list", "show", "rm"):
+        p = envs_sub.add_parser(action)
+        p.add_argument("rest", nargs="*")
+        p.set_defaults(handler=cmd_envs)
+    create = envs_sub.add_parser("create", help="save a new environment")
+    kinds = create.add_subparsers(dest="kind", required=True, parser_class=_Parser)
+    for kind in ("local", "local-async"):
+        k = kinds.add_parser(kind)
+        k.add_argument("name")
+        if kind == "local-async":
+            k.add_argument("--workers", type=int, help="worker processes (default: one per core)")
+        k.set_defaults(handler=cmd_envs_create)
+    envs.set_defaults(handler=cmd_envs, rest=[])
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    from .errors import DeployError
+    try:
+        args = build_parser().parse_args(argv)
+        return args.handler(args)
+    except UsageError as exc:
+        print(f"deploy: error: {exc}", file=sys.stderr)
+        return EXIT_USAGE
+    except DeployError as exc:
+        print(f"deploy: error: {exc}", file=sys.stderr)
+        return EXIT_FAILED
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,73 @@
+"""deploy.map(fn, iterable, ...): builtin `map` semantics over workers, output streamed."""
+from __future__ import annotations
+
+import pickle
+import sys
+from typing import Any, Callable, Iterable, Iterator
+
+from .errors import JobError
+from .jobs import runner
+from .jobs.job import FINAL, Job
+
+
+class _Star:
+    """Calls fn(*args): turns positional items into the keyword form tasks use."""
+
+    def __init__(self, func: Callable) -> None:
+        self.func = func
+        self.__name__ = getattr(func, "__name__", "task")
+
+    def __call__(self, args: tuple) -> Any:
+        return self.func(*args)
+
+
+def map(function: Callable, *iterables: Iterable, ordered: bool = True, stream: bool = True,
+        environment: Any = None, name: str | None = None, **options: Any) -> list | Iterator:
+    """Like builtin map(function, *iterables), run in parallel.
+
+    ordered=True returns the list of results; ordered=False returns a generator yielding
+    results as their tasks complete. Task output is printed as it arrives, prefixed by the
+    task name (stream=False turns that off). A failed task raises JobError; leaving the
+    generator early cancels the rest. Other options go to map_job.create.
+    """
+    from . import map_job
+    if not iterables:
+        raise TypeError("deploy.map() needs at least one iterable")
+    params = [{"args": args} for args in zip(*iterables)]
+    job = map_job.create(_Star(function), params, name=name, environment=environment, **options)
+    printer = _print_line if stream else None
+    if ordered:
+        status = job.wait(stream=printer)
+        if status != "Completed":
+            raise JobError(job.get_error() or f"job {job.name!r} {status}")
+        return job.get_map_results()
+    return _as_completed(job, printer)
+
+
+def _print_line(line: str) -> None:
+    print(line, file=sys.stdout, flush=True)
+
+
+def _as_completed(job: Job, printer: Callable[[str], None] | None) -> Iterator:
+    seen: set[int] = set()
+    finished = False
+    try:
+        while True:
+            status = job.wait(timeout=0.05, stream=printer, progress=False)
+            for row in job._rows(refresh=False):
+                index = row["task_index"]
+                if index in seen or row["status"] not in FINAL:
+                    continue
+                if row["status"] != runner.COMPLETED:
+                    raise JobError(f"task {row['task_name']} {row['status'].lower()}: "
+                                   f"{row['exception']}: {row['exception_message']}")
+                seen.add(index)
+                yield pickle.loads(row["_value"])
+            if status in FINAL or status == "Unknown":
+                finished = True
+                if status not in ("Completed", "Failed"):
+                    raise JobError(job.get_error() or f"job {job.name!r} {status}")
+                return
+    finally:
+        if not finished:
+            job.cancel()

@@ -1,0 +1,146 @@
+"""The GraphLab-compatible API on the local default (LocalAsync) and Local."""
+from __future__ import annotations
+
+import functools
+import os
+
+import pandas as pd
+import pytest
+
+import deploy
+from deploy.errors import JobError
+
+
+def add(x, y):
+    return x + y
+
+
+def add_combiner(**kwargs):
+    return sum(kwargs.values())
+
+
+PARAMS = [{"x": 20, "y": 20}, {"x": None, "y": 10}, {"x": 5, "y": 5}]
+GOOD = [{"x": 20, "y": 20}, {"x": 10, "y": 10}, {"x": 5, "y": 5}]
+
+
+def test_graphlab_example_results_metrics_and_print():
+    job = deploy.map_job.create(add, PARAMS)
+    assert job.get_status() in ("Pending", "Running", "Failed")
+    assert job.wait(timeout=60) == "Failed"
+    assert job.get_map_results() == [40, None, 10]
+    metrics = job.get_metrics()
+    assert isinstance(metrics, pd.DataFrame)
+    for column in ["task_name", "status", "start_time", "run_time", "exception", "exception_message",
+                   "exception_traceback", "host", "worker", "attempt", "end_time", "peak_memory_mb"]:
+        assert column in metrics.columns
+    assert list(metrics.task_name) == ["add-0-0", "add-0-1", "add-0-2"]
+    assert list(metrics.status) == ["Completed", "Failed", "Completed"]
+    failed = metrics.iloc[1]
+    assert failed.exception == "TypeError"
+    assert "NoneType" in failed.exception_message
+    assert "Traceback" in failed.exception_traceback and "return x + y" in failed.exception_traceback
+    assert (metrics.run_time >= 0).all() and (metrics.attempt == 1).all()
+    assert metrics.host.notna().all() and metrics.peak_memory_mb.gt(0).all()
+    text = str(job)
+    assert job.name in text and "Failed" in text and "TypeError" in text and "add-0-1" in text
+
+
+def test_combiner_result_and_failure_summary():
+    job = deploy.map_job.create(add, GOOD, combiner_function=add_combiner)
+    assert job.get_results() == 70
+    assert job.get_status() == "Completed"
+    last = job.get_metrics().iloc[-1]
+    assert last.task_name == "add_combiner-1-0" and last.status == "Completed"
+
+    bad = deploy.map_job.create(add, PARAMS, combiner_function=add_combiner)
+    with pytest.raises(JobError) as err:
+        bad.get_results()
+    assert "add-0-1" in str(err.value) and "TypeError" in str(err.value)
+    assert bad.get_status() == "Failed"
+    assert "add-0-1" in bad.get_error()
+
+
+def test_lambdas_closures_partials_run():
+    offset = 100
+    assert deploy.map_job.create(lambda v: v + offset, [{"v": 1}, {"v": 2}]).get_results() == [101, 102]
+    assert deploy.map_job.create(functools.partial(add, y=1), [{"x": 1}]).get_results() == [2]
+
+
+def test_deploy_map_builtin_semantics():
+    assert deploy.map(lambda n: n ** n, [1, 2, 3, 4]) == [1, 4, 27, 256]
+    assert deploy.map(add, [1, 2], [10, 20]) == [11, 22]
+    out = deploy.map(lambda n: n * 2, range(50), ordered=False)
+    assert not isinstance(out, list)
+    assert sorted(out) == [n * 2 for n in range(50)]
+    with pytest.raises(JobError, match="ZeroDivisionError"):
+        deploy.map(lambda n: 1 / n, [1, 0, 2])
+
+
+def test_unordered_map_early_exit_cancels_the_rest(tmp_path):
+    import time
+
+    def slow(i):
+        if i:
+            time.sleep(30)
+        return i
+
+    gen = deploy.map(slow, range(4), ordered=False, chunk_size=1, stream=False)
+    assert next(gen) == 0
+    gen.close()
+    job = deploy.jobs[0]
+    assert job.get_status() == "Canceled"
+
+
+def test_single_task_job():
+    job = deploy.job.create(add, x=1, y=2)
+    assert job.get_results() == 3
+    assert len(job.get_metrics()) == 1
+
+
+def test_local_runs_in_this_process_blocking():
+    pid = os.getpid()
+    local = deploy.environment.Local("debug")
+    job = deploy.map_job.create(lambda: os.getpid(), [{}, {}], environment=local)
+    assert job.get_status() == "Completed"         # no wait: Local blocks
+    assert job.get_map_results() == [pid, pid]
+
+
+def test_local_async_worker_count_and_saved_names():
+    pool = deploy.environment.LocalAsync("async2", num_workers=2)
+    pool.save()
+    assert "async2" in deploy.environments.names()
+    assert deploy.environments["async2"].num_workers() == 2
+    job = deploy.map_job.create(lambda: os.getpid(), [{}] * 8, environment="async2", chunk_size=1)
+    pids = job.get_results()
+    assert len(set(pids)) <= 2 and os.getpid() not in pids
+    assert job.environment.name == "async2"
+    listed = deploy.environments.list()
+    assert list(listed.columns) == ["name", "kind", "settings"]
+    deploy.environments.delete("async2")
+    assert "async2" not in deploy.environments.names()
+
+
+def test_many_tasks_chunked_in_order():
+    n = 5000
+    job = deploy.map_job.create(lambda i: i * i, [{"i": i} for i in range(n)])
+    assert job.get_results() == [i * i for i in range(n)]
+    assert job.spec.chunk_count > 1
+    assert job.get_parameters()[1234] == {"i": 1234}
+    assert job.get_start_time() <= job.get_end_time()
+
+
+def test_max_concurrent_tasks_limits_workers():
+    job = deploy.map_job.create(lambda: os.getpid(), [{}] * 10, chunk_size=1,
+                                environment=deploy.environment.LocalAsync("w4", num_workers=4),
+                                max_concurrent_tasks=1)
+    assert len(set(job.get_results())) == 1
+
+
+def test_job_names_default_explicit_and_clash():
+    a = deploy.map_job.create(add, GOOD, name="mine")
+    b = deploy.map_job.create(add, GOOD, name="mine")
+    assert a.name == "mine" and b.name == "mine-2"
+    c = deploy.map_job.create(add, GOOD)
+    assert c.name.startswith("add-")
+    for job in (a, b, c):
+        job.wait(timeout=30)
