@@ -17,7 +17,7 @@ _LAZY = {
     "map_job": "deploy.map_job",
     "job": "deploy.single_job",
     "map": "deploy.parallel_map:map",
-    "environment": "deploy.environments",
+    "environment": "deploy.environment",
     "environments": "deploy.environments",
     "jobs": "deploy.jobs",
     "Job": "deploy.jobs.job:Job",

@@ -340,6 +340,7 @@ def fork_worker(store_uri: str, functions: dict[str, Callable] | None, detach: b
             os.setsid()
             if os.fork():
                 os._exit(0)
+            os.setpgid(0, 0)        # the worker leads its own group: cancel kills it whole
         os.write(write_fd, str(os.getpid()).encode())
         os.close(write_fd)
         signal.signal(signal.SIGINT, signal.SIG_IGN)

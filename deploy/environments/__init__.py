@@ -37,13 +37,7 @@ def from_dict(data: dict[str, Any]) -> Environment:
     return kind_class(kind).from_settings(data["name"], data.get("settings") or {})
 
 
-def __getattr__(name: str) -> Any:
-    if name in ("Local", "LocalAsync"):
-        return kind_class(ALIASES[name])
-    raise AttributeError(f"module 'deploy.environment' has no attribute {name!r}")
-
-
-__all__ = ["Environment", "Launch", "Local", "LocalAsync", "from_dict"]
+__all__ = ["Environment", "Launch", "from_dict", "kind_class"]
 
 
 make_registry_module(__name__, "deploy.environments.registry:environments", ("list", "delete", "names", "save"))

@@ -110,15 +110,37 @@ def wait_gone(pids: list[int], timeout: float) -> bool:
             os.close(fd)
 
 
+def group_members(pgids: list[int]) -> list[int]:
+    """Live processes in any of these process groups (Linux /proc; else just the leaders)."""
+    if not os.path.isdir("/proc/self"):
+        return list(pgids)
+    wanted, found = set(pgids), []
+    for entry in os.listdir("/proc"):
+        if entry.isdigit():
+            try:
+                with open(f"/proc/{entry}/stat", "rb") as f:
+                    fields = f.read().rsplit(b")", 1)[1].split()
+            except OSError:
+                continue
+            if int(fields[2]) in wanted and fields[0] not in (b"Z", b"X"):
+                found.append(int(entry))
+    return found
+
+
 def stop_process_groups(pids: list[int], grace: float = 1.0) -> None:
     """SIGTERM each worker's process group (worker, its task process, what tasks started),
-    SIGKILL what is left after `grace` seconds, and return once all are gone."""
+    SIGKILL what is left after `grace` seconds, and return once all of them are gone."""
     for pid in pids:
         _killpg(pid, signal.SIGTERM)
     if not wait_gone(pids, grace):
         for pid in pids:
             _killpg(pid, signal.SIGKILL)
         wait_gone(pids, 10.0)
+    stragglers = group_members(pids)    # processes the tasks started, still exiting
+    if stragglers:
+        for pid in pids:
+            _killpg(pid, signal.SIGKILL)
+        wait_gone(stragglers, 10.0)
 
 
 class LocalAsync(Environment):

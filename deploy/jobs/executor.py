@@ -170,6 +170,10 @@ def _child_main(functions: dict[str, Callable], settings: Settings, tasks_fd: in
     devnull = os.open(os.devnull, os.O_RDONLY)
     os.dup2(devnull, 0)
     os.close(devnull)
+    # the caller's sys.stdout may be anything (a notebook's stream, a test's capture):
+    # tasks print to this process's fds 1 and 2, which point at the chunk's log
+    sys.stdout = io.TextIOWrapper(io.FileIO(1, "w", closefd=False), line_buffering=True)
+    sys.stderr = io.TextIOWrapper(io.FileIO(2, "w", closefd=False), line_buffering=True)
     out = sys.stdout
     while True:
         msg = _recv(tasks_fd)

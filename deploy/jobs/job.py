@@ -152,8 +152,8 @@ class Job:
                     return RUNNING if self._workers_alive() is not False else self._stalled()
                 return self._final(COMPLETED if combined["status"] == COMPLETED else FAILED)
             return self._final(COMPLETED)
-        if cancel is not None:
-            return FAILED if cancel.get("reason") == "fail_fast" else CANCELED
+        if cancel is not None and cancel.get("reason") != "fail_fast":
+            return CANCELED
         alive = self._workers_alive()
         if alive is False:
             return self._stalled()
@@ -328,8 +328,8 @@ class Job:
     def _progress_bar(self, progress: bool | None):
         if progress is None:
             from .. import config
-            setting = config.get("progress")
-            progress = sys.stderr.isatty() if setting == "auto" else bool(setting)
+            setting = str(config.get("progress")).lower()
+            progress = sys.stderr.isatty() if setting == "auto" else setting in ("1", "true", "yes", "on")
         if not progress:
             return None
         from tqdm.auto import tqdm

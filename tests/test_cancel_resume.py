@@ -1,0 +1,79 @@
+"""cancel() stops running work (not only queued work); resume() finishes what is left."""
+from __future__ import annotations
+
+import glob
+import os
+import subprocess
+import time
+
+import deploy
+from deploy.environment import LocalAsync
+from deploy.environments.local import process_alive
+from waiting import wait_for
+
+
+def slow_once(marker, i):
+    """Records its pid (and a child process's), then sleeps long the first time."""
+    child = subprocess.Popen(["sleep", "120"])
+    open(f"{marker}-pid-{i}-{os.getpid()}-{child.pid}", "w").close()
+    if not os.path.exists(f"{marker}-resumed"):
+        time.sleep(120)
+    child.kill()
+    child.wait()
+    return i
+
+
+def test_cancel_stops_running_tasks_within_two_seconds_and_resume_finishes(tmp_path):
+    marker = str(tmp_path / "c")
+    job = deploy.map_job.create(slow_once, [{"marker": marker, "i": i} for i in range(6)],
+                                chunk_size=1, environment=LocalAsync("two", num_workers=2))
+    wait_for(lambda: len(glob.glob(f"{marker}-pid-*")) >= 2, what="two tasks to start")
+    handle_pids = job._launch()["handle"]["pids"]
+    task_pids = [int(p) for f in glob.glob(f"{marker}-pid-*") for p in f.rsplit("-", 2)[1:]]
+
+    start = time.monotonic()
+    job.cancel()
+    took = time.monotonic() - start
+    assert took < 2.0, f"cancel took {took:.2f} s"
+    assert [p for p in handle_pids + task_pids if process_alive(p)] == [], (handle_pids, task_pids)
+    assert job.get_status() == "Canceled"
+    metrics = job.get_metrics()
+    assert len(metrics) == 6 and set(metrics.status) == {"Canceled"}
+    assert "canceled" in job.get_error()
+
+    open(f"{marker}-resumed", "w").close()
+    job.resume()
+    assert job.wait(timeout=60) == "Completed"
+    assert job.get_results() == list(range(6))
+
+
+def quick_or_slow(i):
+    if i >= 2:
+        time.sleep(120)
+    return i
+
+
+def test_cancel_keeps_finished_results():
+    job = deploy.map_job.create(quick_or_slow, [{"i": i} for i in range(4)], chunk_size=1,
+                                environment=LocalAsync("one", num_workers=1))
+    wait_for(lambda: job.get_map_results()[:2] == [0, 1], what="first two tasks")
+    job.cancel()
+    assert job.get_status() == "Canceled"
+    assert job.get_map_results() == [0, 1, None, None]
+    assert list(job.get_metrics().status) == ["Completed", "Completed", "Canceled", "Canceled"]
+
+
+def test_cancel_on_a_finished_job_changes_nothing():
+    job = deploy.map_job.create(lambda: 1, [{}])
+    assert job.wait(timeout=30) == "Completed"
+    job.cancel()
+    assert job.get_status() == "Completed" and job.get_results() == [1]
+
+
+def test_resume_refuses_a_running_job():
+    import pytest
+    from deploy.errors import JobError
+    job = deploy.map_job.create(quick_or_slow, [{"i": 5}])
+    with pytest.raises(JobError, match="still running"):
+        job.resume()
+    job.cancel()

@@ -1,0 +1,78 @@
+"""Jobs outlive the process that created them; unreadable jobs say so instead of crashing."""
+from __future__ import annotations
+
+import os
+import pickle
+
+import deploy
+from conftest import run_python
+
+
+def test_job_completes_after_its_creator_is_killed_and_reopens_by_name():
+    created = run_python("""
+        import os, signal, time, deploy
+        def work(i):
+            time.sleep(0.3)
+            return i * 10
+        job = deploy.map_job.create(work, [{"i": i} for i in range(6)], chunk_size=1)
+        print(job.name, flush=True)
+        os.kill(os.getpid(), signal.SIGKILL)
+    """, check=False)
+    assert created.returncode == -9
+    name = created.stdout.strip()
+    job = deploy.jobs[name]
+    assert job.wait(timeout=60) == "Completed"
+    assert job.get_results() == [0, 10, 20, 30, 40, 50]
+
+    reopened = run_python(f"""
+        import deploy
+        job = deploy.jobs[{name!r}]
+        print(job.get_status(), job.get_map_results(), len(job.get_metrics()))
+    """)
+    assert reopened.stdout.strip() == "Completed [0, 10, 20, 30, 40, 50] 6"
+
+
+def test_corrupt_or_missing_job_directory_is_unknown_not_a_crash():
+    job = deploy.map_job.create(lambda: 1, [{}, {}])
+    assert job.wait(timeout=30) == "Completed"
+    spec_path = job._store.local_path("job.json")
+
+    with open(spec_path, "w") as f:
+        f.write("{not json")
+    broken = deploy.jobs[job.name]
+    assert broken.get_status() == "Unknown"
+    assert "corrupt job.json" in broken.get_error()
+    assert "Unknown" in str(broken)
+
+    os.unlink(spec_path)
+    gone = deploy.jobs[job.name]
+    assert gone.get_status() == "Unknown"
+    assert "no job.json" in gone.get_error()
+
+
+def test_corrupt_result_file_is_unknown():
+    job = deploy.map_job.create(lambda: 1, [{}])
+    assert job.wait(timeout=30) == "Completed"
+    with open(job._store.local_path("results/000000"), "wb") as f:
+        f.write(b"\x80garbage")
+    broken = deploy.jobs[job.name]
+    assert broken.get_status() == "Unknown"
+    assert broken.get_error()
+
+
+def test_unreadable_directory_is_unknown(tmp_path):
+    job = deploy.map_job.create(lambda: 1, [{}])
+    assert job.wait(timeout=30) == "Completed"
+    path = job._store.local_path("")
+    os.rename(path, path + ".moved")
+    with open(path, "w") as f:          # a file where the directory was
+        f.write("x")
+    assert deploy.jobs[job.name].get_status() == "Unknown"
+
+
+def test_results_are_plain_pickles_readable_without_deploy_classes():
+    job = deploy.map_job.create(lambda: {"a": 1}, [{}])
+    assert job.wait(timeout=30) == "Completed"
+    with open(job._store.local_path("results/000000"), "rb") as f:
+        data = pickle.load(f)
+    assert data["rows"][0]["status"] == "Completed"
