@@ -229,6 +229,26 @@ def cmd_envs_create(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+def cmd_envs_create_ssh(args: argparse.Namespace) -> int:
+    import deploy
+    options = {"pip_options": args.pip_option, "forward_env": args.forward_env}
+    if args.ssh_config:
+        options["ssh_config"] = args.ssh_config
+    if args.known_hosts:
+        options["known_hosts"] = args.known_hosts
+    if args.python:
+        options["python"] = args.python
+    try:
+        env = deploy.ssh_cluster.create(
+            args.name, args.host, key_filename=args.key, workers_per_host=args.workers_per_host,
+            additional_packages=args.package, store=args.store,
+            host_key_policy="accept-new" if args.accept_new_host_keys else "reject", **options)
+    except (TypeError, ValueError) as exc:
+        raise UsageError(str(exc)) from None
+    print(f"saved {env!r}: {env.num_workers()} workers")
+    return EXIT_OK
+
+
 def _one(args: argparse.Namespace, action: str) -> str:
     if len(args.rest) != 1:
         raise UsageError(f"deploy envs {action} takes one environment name")
@@ -283,6 +303,26 @@ def build_parser() -> argparse.ArgumentParser:
         if kind == "local-async":
             k.add_argument("--workers", type=int, help="worker processes (default: one per core)")
         k.set_defaults(handler=cmd_envs_create)
+    ssh = kinds.add_parser("ssh", help="machines reachable by SSH")
+    ssh.add_argument("name")
+    ssh.add_argument("--host", action="append", required=True,
+                     help="[user@]host[:port] or an ~/.ssh/config alias; repeat for each host")
+    ssh.add_argument("--key", help="private key file (default: ssh config, ssh-agent, ~/.ssh/id_*)")
+    ssh.add_argument("--workers-per-host", type=int, help="default: each host's core count")
+    ssh.add_argument("--package", action="append", default=[],
+                     help="pip requirement or local wheel for the hosts' venv; repeatable")
+    ssh.add_argument("--pip-option", action="append", default=[],
+                     help="option for pip install on the hosts, e.g. --pip-option=--no-index")
+    ssh.add_argument("--store", help="shared job store (s3://bucket/prefix or a path all hosts "
+                                     "see); default: relayed from this machine")
+    ssh.add_argument("--accept-new-host-keys", action="store_true",
+                     help="record the keys of hosts not in known_hosts (never changed keys)")
+    ssh.add_argument("--ssh-config", help="ssh config file (default: ~/.ssh/config)")
+    ssh.add_argument("--known-hosts", help="known_hosts file (default: from the ssh config)")
+    ssh.add_argument("--python", help="Python on the hosts (default: python3)")
+    ssh.add_argument("--forward-env", action="append", default=[],
+                     help="environment variable to pass from here to the workers; repeatable")
+    ssh.set_defaults(handler=cmd_envs_create_ssh)
     envs.set_defaults(handler=cmd_envs, rest=[])
     return parser
 

@@ -1,13 +1,12 @@
 """deploy.map(fn, iterable, ...): builtin `map` semantics over workers, output streamed."""
 from __future__ import annotations
 
-import pickle
 import sys
 from typing import Any, Callable, Iterable, Iterator
 
 from .errors import JobError
-from .jobs import runner
 from .jobs.job import FINAL, Job
+from .jobs.results import C_OK
 
 
 class _Star:
@@ -49,20 +48,22 @@ def _print_line(line: str) -> None:
 
 
 def _as_completed(job: Job, printer: Callable[[str], None] | None) -> Iterator:
+    """Yield values chunk by chunk as chunks are published; raise at the first failure."""
     seen: set[int] = set()
     finished = False
     try:
         while True:
             status = job.wait(timeout=0.05, stream=printer, progress=False)
-            for row in job._rows(refresh=False):
-                index = row["task_index"]
-                if index in seen or row["status"] not in FINAL:
+            for chunk, result in sorted(job._chunks.items()):
+                if chunk in seen:
                     continue
-                if row["status"] != runner.COMPLETED:
-                    raise JobError(f"task {row['task_name']} {row['status'].lower()}: "
-                                   f"{row['exception']}: {row['exception_message']}")
-                seen.add(index)
-                yield pickle.loads(row["_value"])
+                seen.add(chunk)
+                failed = next((pos for pos, code in enumerate(result.status) if code != C_OK), None)
+                if failed is not None:
+                    error = result.errors.get(failed, ("Failed", None, None))
+                    raise JobError(f"task {job.spec.task_name(result.index[failed])} failed: "
+                                   f"{error[0]}: {error[1]}")
+                yield from result.values
             if status in FINAL or status == "Unknown":
                 finished = True
                 if status not in ("Completed", "Failed"):

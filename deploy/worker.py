@@ -19,6 +19,7 @@ from typing import Callable
 
 from deploy.jobs import executor as ex
 from deploy.jobs import runner
+from deploy.jobs.results import C_FAILED, C_OK, ChunkResult, canceled
 from deploy.jobs.spec import JobSpec
 from deploy.store import Storage, layout, open_store
 
@@ -53,8 +54,9 @@ class Worker:
         self.spec = spec or JobSpec.from_json(store.get(layout.SPEC))
         self.functions = functions or load_functions(store, self.spec)
         self.id = f"{runner.worker_id()}-{os.urandom(2).hex()}"
-        settings = ex.Settings(self.spec.task_timeout, self.id)
-        self.executor = (ex.InlineExecutor if inline else ex.ForkExecutor)(self.functions, settings)
+        self.inline = inline
+        self.executor = (ex.InlineExecutor if inline else ex.ForkExecutor)(
+            self.functions, self.spec.task_timeout, self.id)
         self.poll_seconds = poll_seconds
         self.seq = 0
         self.next_beat = 0.0
@@ -111,16 +113,16 @@ class Worker:
 
     # -- taking work ------------------------------------------------------------------
 
-    def _read_rows(self, chunk: int) -> list[dict]:
-        return pickle.loads(self.store.get(layout.result(chunk)))["rows"]
+    def _read_result(self, chunk: int) -> ChunkResult:
+        return ChunkResult.from_dict(pickle.loads(self.store.get(layout.result(chunk))))
 
     def map_done(self) -> tuple[bool, bool]:
         """(every chunk has its result, every task completed)."""
         done = self.store.list(layout.RESULTS)
         if len(done) < self.spec.chunk_count:
             return False, False
-        ok = all(r["status"] == runner.COMPLETED
-                 for c in range(self.spec.chunk_count) for r in self._read_rows(c))
+        ok = all(self._read_result(c).status.count(C_OK) == len(self.spec.chunk_tasks(c))
+                 for c in range(self.spec.chunk_count))
         return True, ok
 
     def candidates(self) -> list[int] | str:
@@ -162,12 +164,15 @@ class Worker:
 
     # -- running ----------------------------------------------------------------------
 
-    def calls(self, chunk: int, attempt: int = 0) -> list[ex.Call]:
-        """The chunk's tasks; a chunk taken over from a lost worker counts as their next attempt."""
-        tasks = pickle.loads(self.store.get(layout.inputs(chunk)))
+    def calls(self, chunk: int, attempt: int = 0) -> list[runner.Call] | tuple[int, int, bytes]:
+        """The chunk's tasks; a chunk taken over from a lost worker counts as their next
+        attempt. For a task process, the input file goes as it is (it unpickles it)."""
+        raw = self.store.get(layout.inputs(chunk))
         first = attempt + 1
-        return [(i, self.spec.task_name(i), kwargs, first, first + self.spec.max_retries)
-                for i, kwargs in tasks]
+        last = first + self.spec.max_retries
+        if not self.inline:
+            return first, last, raw
+        return [(i, kwargs, first, last) for i, kwargs in pickle.loads(raw)]
 
     def log_file(self, chunk: int, attempt: int) -> str:
         path = layout.live_log(chunk, attempt)
@@ -193,50 +198,51 @@ class Worker:
         if self.store.local_path(live) is None and os.path.exists(local):
             os.unlink(local)
 
-    def publish(self, chunk: int, attempt: int, rows: list[dict]) -> bool:
-        rows.sort(key=lambda r: r["task_index"])
-        data = pickle.dumps({"chunk": chunk, "attempt": attempt, "worker": self.id, "rows": rows},
-                            protocol=pickle.HIGHEST_PROTOCOL)
-        published = self.store.create_exclusive(layout.result(chunk), data)
-        if published and self.spec.fail_fast and not self.canceled:
-            failed = next((r for r in rows if r["status"] == runner.FAILED), None)
-            if failed is not None:
-                self.store.create_exclusive(layout.CANCEL, json.dumps(
-                    {"reason": "fail_fast", "task": failed["task_name"], "time": time.time()}).encode())
+    def publish(self, chunk: int, attempt: int, result: ChunkResult) -> bool:
+        """Publish the chunk's rows; the first publisher wins, so every task has one final row."""
+        result = result.sorted()
+        published = self.store.create_exclusive(layout.result(chunk), runner.dumps_result(result))
+        failed = result.failed()
+        if published and failed is not None and self.spec.fail_fast and not self.canceled:
+            self.store.create_exclusive(layout.CANCEL, json.dumps(
+                {"reason": "fail_fast", "task": self.spec.task_name(result.index[failed]),
+                 "time": time.time()}).encode())
         return published
 
     def run_chunk(self, chunk: int, attempt: int) -> None:
-        calls = self.calls(chunk, attempt)
         if attempt > self.spec.worker_retries:
-            lost = [runner.make_row(name, i, runner.FAILED, attempt=attempt, worker=self.id,
-                                    exc_type="WorkerLost",
-                                    message=f"the worker running this task was lost {attempt} "
-                                            f"times (worker_retries={self.spec.worker_retries})")
-                    for i, name, *_ in calls]
+            lost = ChunkResult(runner.HOST, self.id)
+            why = (f"the worker running this task was lost {attempt} times "
+                   f"(worker_retries={self.spec.worker_retries})")
+            for i in self.spec.chunk_tasks(chunk):
+                lost.add(i, C_FAILED, 0.0, 0.0, attempt, 0.0, None, ("WorkerLost", why, None))
             self.publish(chunk, attempt, lost)
             return
         local = self.log_file(chunk, attempt)
         try:
-            rows = self.executor.run("map", calls, local, self.poll)
+            result = self.executor.run("map", self.calls(chunk, attempt), local, self.poll)
         except ex.Interrupted as stop:
-            rows = stop.rows + ex.canceled_rows(stop.unrun, self.id, self.cancel_reason())
+            result = stop.result
+            result.extend(ex.canceled_calls(stop.unrun, self.cancel_reason(), self.id))
             self.canceled = True
-        self.publish(chunk, attempt, rows)
+        self.publish(chunk, attempt, result)
         self.publish_log(chunk, attempt, local)
 
     def run_combiner(self, attempt: int) -> None:
         n = self.spec.chunk_count
-        values = {r["task_name"]: pickle.loads(r["_value"])
-                  for c in range(n) for r in self._read_rows(c)}
-        name = self.spec.combiner_task_name()
+        values = {}
+        for c in range(n):
+            result = self._read_result(c)
+            values.update(zip(map(self.spec.task_name, result.index), result.values))
         local = self.log_file(n, attempt)
+        first = attempt + 1
         try:
-            first = attempt + 1
-            call = (0, name, values, first, first + self.spec.max_retries)
-            rows = self.executor.run("combine", [call], local, self.poll)
+            result = self.executor.run("combine", [(0, values, first, first + self.spec.max_retries)],
+                                       local, self.poll)
         except ex.Interrupted as stop:
-            rows = stop.rows + ex.canceled_rows(stop.unrun, self.id, self.cancel_reason())
-        self.store.create_exclusive(layout.COMBINED, pickle.dumps(rows[0]))
+            result = stop.result
+            result.extend(ex.canceled_calls(stop.unrun, self.cancel_reason(), self.id))
+        self.store.create_exclusive(layout.COMBINED, runner.dumps_result(result))
         self.publish_log(n, attempt, local)
 
     def cancel_reason(self) -> str:
@@ -257,8 +263,9 @@ class Worker:
             chunk, attempt = todo
             if chunk >= self.spec.chunk_count:
                 return
-            self.publish(chunk, attempt, ex.canceled_rows(self.calls(chunk), self.id,
-                                                          self.cancel_reason()))
+            tasks = self.spec.chunk_tasks(chunk)
+            self.publish(chunk, attempt, canceled(tasks, [attempt + 1] * len(tasks),
+                                                  self.cancel_reason(), runner.HOST, self.id))
 
     def run(self) -> None:
         """Work until the job is done or canceled."""

@@ -7,9 +7,8 @@ import signal
 import time
 from typing import Any
 
-from .. import config
 from ..jobs.runner import HOST
-from ..store.local import LocalStorage
+from ..store.local import LocalStorage, home_job_store
 from .base import Environment, Launch
 
 
@@ -21,9 +20,7 @@ def _positive_int(value: Any, what: str) -> int:
 
 def local_job_store(job_id: str) -> LocalStorage:
     """A new job directory under the deploy home, private to the user."""
-    root = config.home() / "jobs"
-    root.mkdir(mode=0o700, exist_ok=True)
-    return LocalStorage(str(root / job_id))
+    return home_job_store(job_id)
 
 
 class Local(Environment):

@@ -1,4 +1,4 @@
-"""Executors run a list of task calls for the worker and hand back one row per call.
+"""Executors run a batch of task calls for the worker and return a ChunkResult.
 
 `ForkExecutor` runs them in a forked child so that a task that exits the process, hangs
 past its timeout or is canceled costs one row, never the worker; `InlineExecutor` runs
@@ -16,22 +16,24 @@ import signal
 import struct
 import sys
 import time
-from typing import Any, Callable, Iterable
+from typing import Any, Callable
 
 from . import runner
+from .results import C_FAILED, ChunkResult, canceled
+from .runner import Call
 
-Call = tuple  # (task_index, task_name, kwargs, attempt, last_attempt)
 _SLOT = struct.Struct("qqd")   # the running call: position in the batch, attempt, start time
-_LEN = struct.Struct("!I")
+_IDLE = _SLOT.pack(-1, 0, 0.0)
+_LEN = struct.Struct("!Q")
 _FLUSH_SECONDS = 0.5
 
 
 class Interrupted(Exception):
-    """The batch was stopped (cancel); `rows` are the finished calls, `unrun` the rest."""
+    """The batch was stopped (cancel); `result` holds the finished calls, `unrun` the rest."""
 
-    def __init__(self, rows: list[dict], unrun: list[Call]) -> None:
+    def __init__(self, result: ChunkResult, unrun: list[Call]) -> None:
         super().__init__("interrupted")
-        self.rows, self.unrun = rows, unrun
+        self.result, self.unrun = result, unrun
 
 
 class Terminated(BaseException):
@@ -46,79 +48,71 @@ def install_sigterm() -> None:
     signal.signal(signal.SIGTERM, _raise_terminated)
 
 
-class Settings:
-    """What an executor needs to know about the job, besides the functions."""
-
-    def __init__(self, task_timeout: float | None, worker: str) -> None:
-        self.task_timeout, self.worker = task_timeout, worker
-
-
-def lost_row(call: Call, settings: Settings, exc_type: str, message: str, start: float | None) -> dict:
-    index, name, _, attempt, _ = call
-    return runner.make_row(name, index, runner.FAILED, attempt=attempt, worker=settings.worker,
-                           start=start, end=time.time(), exc_type=exc_type, message=message)
-
-
-def canceled_rows(calls: Iterable[Call], worker: str, why: str = "the job was canceled") -> list[dict]:
-    return [runner.make_row(name, index, runner.CANCELED, attempt=attempt, worker=worker,
-                            exc_type="Canceled", message=why)
-            for index, name, _, attempt, _ in calls]
+def canceled_calls(calls: list[Call], why: str, worker: str) -> ChunkResult:
+    return canceled([c[0] for c in calls], [c[2] for c in calls], why, runner.HOST, worker)
 
 
 # ---------------------------------------------------------------------------- inline
 
 class InlineExecutor:
-    """Runs calls in this process; output is captured at the Python level (sys.stdout)."""
+    """Runs calls in this process; Python-level output (print) is captured."""
 
-    def __init__(self, functions: dict[str, Callable], settings: Settings) -> None:
-        self.functions, self.settings = functions, settings
+    def __init__(self, functions: dict[str, Callable], task_timeout: float | None, worker: str) -> None:
+        self.functions, self.task_timeout, self.worker = functions, task_timeout, worker
 
-    def run(self, kind: str, calls: list[Call], log_path: str | None,
-            poll: Callable[[], bool]) -> list[dict]:
-        fn, rows = self.functions[kind], []
-        sink = open(log_path, "ab") if log_path else io.BytesIO()
-        text = io.TextIOWrapper(sink, line_buffering=True, write_through=True)
+    def run(self, kind: str, calls: list[Call], log_path: str,
+            poll: Callable[[], bool]) -> ChunkResult:
+        fn, result = self.functions[kind], ChunkResult(runner.HOST, self.worker)
+        fd = os.open(log_path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o600)
+        output = runner.TaskOutput(fd)
+        stop: list[int] = []
+
+        def before(pos: int, index: int, attempt: int) -> None:
+            if not poll():
+                stop.append(pos)
+                raise _Stop()
+            output.begin(index, attempt)
+            arm(self.task_timeout)
+
+        def after(pos: int) -> None:
+            arm(0)
+            output.end()
+
         try:
-            for i, call in enumerate(calls):
-                if not poll():
-                    raise Interrupted(rows, calls[i:])
-                index, name, kwargs, attempt, last = call
-                with _timeout(self.settings.task_timeout), \
-                        contextlib.redirect_stdout(text), contextlib.redirect_stderr(text):
-                    row = runner.run_task(fn, name, index, kwargs, attempt=attempt, max_attempts=last,
-                                          worker=self.settings.worker, begin=_marker(text, index))
-                rows.append(row)
+            with contextlib.redirect_stdout(output.stdout), contextlib.redirect_stderr(output.stderr), \
+                    _alarm() as arm:
+                runner.run_calls(fn, calls, result, before, after)
+        except _Stop:
+            raise Interrupted(result, calls[stop[0]:]) from None
         finally:
-            text.flush()
-            text.detach()
-            sink.close()
-        return rows
+            os.close(fd)
+        return result
 
     def close(self) -> None:
         pass
 
 
-def _marker(text: io.TextIOWrapper, index: int) -> Callable[[int], None]:
-    def begin(attempt: int) -> None:
-        text.flush()
-        text.buffer.write(runner.log_marker(index, attempt))
-    return begin
+class _Stop(BaseException):
+    pass
 
 
 @contextlib.contextmanager
-def _timeout(seconds: float | None):
-    """SIGALRM-based timeout for inline runs (main thread only; pure-Python code only)."""
+def _alarm():
+    """Yields arm(seconds): a SIGALRM per-task timeout for inline runs (main thread only,
+    and only code that returns to the interpreter can be interrupted)."""
     import threading
-    if not seconds or threading.current_thread() is not threading.main_thread():
-        yield
+    if threading.current_thread() is not threading.main_thread():
+        yield lambda seconds: None
         return
 
     def expire(signum: int, frame: Any) -> None:
-        raise TimeoutError(f"task exceeded its timeout of {seconds:g} s")
+        raise TimeoutError("task exceeded its timeout")
+
+    def arm(seconds: float | None) -> None:
+        signal.setitimer(signal.ITIMER_REAL, seconds or 0)
     previous = signal.signal(signal.SIGALRM, expire)
-    signal.setitimer(signal.ITIMER_REAL, seconds)
     try:
-        yield
+        yield arm
     finally:
         signal.setitimer(signal.ITIMER_REAL, 0)
         signal.signal(signal.SIGALRM, previous)
@@ -126,8 +120,7 @@ def _timeout(seconds: float | None):
 
 # ---------------------------------------------------------------------------- forked
 
-def _send(fd: int, obj: Any) -> None:
-    data = pickle.dumps(obj, protocol=pickle.HIGHEST_PROTOCOL)
+def _send(fd: int, data: bytes) -> None:
     view = memoryview(_LEN.pack(len(data)) + data)
     while view:
         view = view[os.write(fd, view):]
@@ -136,7 +129,7 @@ def _send(fd: int, obj: Any) -> None:
 def _recv_exact(fd: int, n: int) -> bytes | None:
     parts, got = [], 0
     while got < n:
-        part = os.read(fd, min(n - got, 1 << 20))
+        part = os.read(fd, min(n - got, 1 << 22))
         if not part:
             return None
         parts.append(part)
@@ -162,48 +155,59 @@ def _die_with_parent() -> None:
             pass
 
 
-def _child_main(functions: dict[str, Callable], settings: Settings, tasks_fd: int,
-                rows_fd: int, slot: mmap.mmap) -> None:
+def _child_main(functions: dict[str, Callable], worker: str, tasks_fd: int, rows_fd: int,
+                slot: mmap.mmap) -> None:
+    """The task process: runs batches sent by the worker, streams their rows back."""
     _die_with_parent()
     signal.signal(signal.SIGTERM, signal.SIG_DFL)
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     devnull = os.open(os.devnull, os.O_RDONLY)
     os.dup2(devnull, 0)
     os.close(devnull)
-    # the caller's sys.stdout may be anything (a notebook's stream, a test's capture):
-    # tasks print to this process's fds 1 and 2, which point at the chunk's log
-    sys.stdout = io.TextIOWrapper(io.FileIO(1, "w", closefd=False), line_buffering=True)
-    sys.stderr = io.TextIOWrapper(io.FileIO(2, "w", closefd=False), line_buffering=True)
-    out = sys.stdout
+    pack = _SLOT.pack_into
     while True:
         msg = _recv(tasks_fd)
         if msg is None:
             os._exit(0)
         kind, calls, log_path = msg
-        log_fd = os.open(log_path or os.devnull, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o600)
-        sys.stdout.flush()
-        sys.stderr.flush()
+        if isinstance(calls, bytes):            # a chunk's input file, as published
+            first, last, raw = pickle.loads(calls)
+            calls = [(i, kw, first, last) for i, kw in pickle.loads(raw)]
+        log_fd = os.open(log_path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o600)
         os.dup2(log_fd, 1)
         os.dup2(log_fd, 2)
         os.close(log_fd)
+        output = runner.TaskOutput(1, 2)
+        # the caller's sys.stdout may be anything (a notebook's stream, a test's capture)
+        sys.stdout, sys.stderr = output.stdout, output.stderr
+        batch = ChunkResult(runner.HOST, worker)
+        sent_at = [time.monotonic()]
 
-        def begin(attempt: int, pos: int = 0, index: int = 0) -> None:
-            sys.stdout.flush()
-            sys.stderr.flush()
-            os.write(1, runner.log_marker(index, attempt))
-            slot[:_SLOT.size] = _SLOT.pack(pos, attempt, time.time())
-        fn, batch, last = functions[kind], [], time.monotonic()
-        for pos, (index, name, kwargs, attempt, last) in enumerate(calls):
-            batch.append(runner.run_task(
-                fn, name, index, kwargs, attempt=attempt, max_attempts=last,
-                worker=settings.worker, begin=lambda a, p=pos, i=index: begin(a, p, i)))
-            if time.monotonic() - last > _FLUSH_SECONDS:
-                _send(rows_fd, ("rows", batch))
-                batch, last = [], time.monotonic()
-        slot[:_SLOT.size] = _SLOT.pack(-1, 0, 0.0)
-        out.flush()
-        sys.stderr.flush()
-        _send(rows_fd, ("done", batch))
+        def before(pos: int, index: int, attempt: int) -> None:
+            pack(slot, 0, pos, attempt, time.time())
+            output.begin(index, attempt)
+
+        def after(pos: int) -> None:
+            nonlocal batch
+            output.end()
+            if time.monotonic() - sent_at[0] > _FLUSH_SECONDS:
+                _send(rows_fd, b"P" + runner.dumps_result(batch))
+                batch = ChunkResult(runner.HOST, worker)
+                sent_at[0] = time.monotonic()
+
+        runner.run_calls(functions[kind], calls, _Batch(lambda: batch), before, after)
+        slot[:_SLOT.size] = _IDLE
+        _send(rows_fd, b"D" + runner.dumps_result(batch))     # D: the batch is done
+
+
+class _Batch:
+    """Forwards `add` to whichever batch is current (batches are sent and replaced)."""
+
+    def __init__(self, current: Callable[[], ChunkResult]) -> None:
+        self.current = current
+
+    def add(self, *args: Any) -> None:
+        self.current().add(*args)
 
 
 class ForkExecutor:
@@ -213,21 +217,21 @@ class ForkExecutor:
     copy-on-write with the worker (and with the client, for LocalAsync), never pickled.
     """
 
-    def __init__(self, functions: dict[str, Callable], settings: Settings) -> None:
-        self.functions, self.settings = functions, settings
+    def __init__(self, functions: dict[str, Callable], task_timeout: float | None, worker: str) -> None:
+        self.functions, self.task_timeout, self.worker = functions, task_timeout, worker
         self.pid: int | None = None
         self.slot = mmap.mmap(-1, _SLOT.size)
 
     def _start(self) -> None:
         tasks_r, tasks_w = os.pipe()
         rows_r, rows_w = os.pipe()
-        self.slot[:_SLOT.size] = _SLOT.pack(-1, 0, 0.0)
+        self.slot[:_SLOT.size] = _IDLE
         pid = os.fork()
         if pid == 0:
             try:
                 os.close(tasks_w)
                 os.close(rows_r)
-                _child_main(self.functions, self.settings, tasks_r, rows_w, self.slot)
+                _child_main(self.functions, self.worker, tasks_r, rows_w, self.slot)
             finally:
                 os._exit(0)
         os.close(tasks_r)
@@ -252,63 +256,77 @@ class ForkExecutor:
 
     def close(self) -> None:
         if self.pid is not None:
-            os.close(self.tasks_fd)           # EOF: the idle child exits by itself
-            self.tasks_fd = os.open(os.devnull, os.O_RDONLY)
             self._kill()
 
-    def run(self, kind: str, calls: list[Call], log_path: str | None,
-            poll: Callable[[], bool]) -> list[dict]:
-        rows: list[dict] = []
-        pending = list(calls)
-        timeout = self.settings.task_timeout
+    def run(self, kind: str, calls: list[Call] | tuple[int, int, bytes], log_path: str,
+            poll: Callable[[], bool]) -> ChunkResult:
+        """Run `calls` (a list, or (first_attempt, last_attempt, input file bytes))."""
+        result = ChunkResult(runner.HOST, self.worker)
+        pending: Any = calls
         while pending:
             if self.pid is None:
                 self._start()
-            sent, received = pending, 0
-            _send(self.tasks_fd, (kind, sent, log_path))
-            pending = []
+            sent = pending
+            _send(self.tasks_fd, runner.dumps(
+                (kind, pickle.dumps(sent) if isinstance(sent, tuple) else sent, log_path)))
+            received, pending = 0, None
             while True:
                 try:
                     ready, _, _ = select.select([self.rows_fd], [], [], 0.2)
                 except Terminated:
                     self._kill()
-                    raise Interrupted(rows, sent[received:]) from None
+                    raise Interrupted(result, _calls(sent)[received:]) from None
                 if ready:
-                    msg = _recv(self.rows_fd)
+                    msg = self._read_batch()
                     if msg is not None:
-                        rows.extend(msg[1])
-                        received += len(msg[1])
-                        if msg[0] == "done":
+                        batch, done = msg
+                        result.extend(batch)
+                        received += len(batch)
+                        if done:
                             break
                         continue
                     running = _SLOT.unpack(self.slot[:_SLOT.size])
                     how = self._kill()
-                    pending = self._after_loss(sent, received, running, rows,
+                    pending = self._after_loss(_calls(sent), received, running, result,
                                                "WorkerLost", f"the process running the task {how}")
                     break
                 running = _SLOT.unpack(self.slot[:_SLOT.size])
-                if timeout and running[0] >= 0 and time.time() - running[2] > timeout:
+                if self.task_timeout and running[0] >= 0 and time.time() - running[2] > self.task_timeout:
                     self._kill()
-                    pending = self._after_loss(sent, received, running, rows, "TimeoutError",
-                                               f"task exceeded its timeout of {timeout:g} s")
+                    pending = self._after_loss(_calls(sent), received, running, result, "TimeoutError",
+                                               f"task exceeded its timeout of {self.task_timeout:g} s")
                     break
                 if not poll():
                     self._kill()
-                    raise Interrupted(rows, sent[received:])
-        return rows
+                    raise Interrupted(result, _calls(sent)[received:])
+        return result
+
+    def _read_batch(self) -> tuple[ChunkResult, bool] | None:
+        head = _recv_exact(self.rows_fd, _LEN.size)
+        body = None if head is None else _recv_exact(self.rows_fd, _LEN.unpack(head)[0])
+        if body is None:
+            return None
+        return ChunkResult.from_dict(pickle.loads(body[1:])), body[:1] == b"D"
 
     def _after_loss(self, sent: list[Call], received: int, running: tuple[int, int, float],
-                    rows: list[dict], exc_type: str, message: str) -> list[Call]:
+                    result: ChunkResult, exc_type: str, message: str) -> list[Call]:
         """The child is gone mid-batch: the call it was running fails (or is retried);
         calls it finished but had not reported yet run again. Returns what is left."""
         pos, attempt, start = running
         if pos < received:          # died between calls: nothing to blame
-            return list(sent[received:])
-        index, name, kwargs, _, last = sent[pos]
+            return sent[received:]
+        index, kwargs, _, last = sent[pos]
         if attempt < last:
-            retry = [(index, name, kwargs, attempt + 1, last)]
+            retry = [(index, kwargs, attempt + 1, last)]
         else:
             retry = []
-            rows.append(lost_row((index, name, kwargs, attempt, last), self.settings, exc_type,
-                                 message, start))
-        return list(sent[received:pos]) + retry + list(sent[pos + 1:])
+            result.add(index, C_FAILED, start, time.time(), attempt, 0.0, None,
+                       (exc_type, message, None))
+        return sent[received:pos] + retry + sent[pos + 1:]
+
+
+def _calls(sent: list[Call] | tuple[int, int, bytes]) -> list[Call]:
+    if isinstance(sent, tuple):
+        first, last, raw = sent
+        return [(i, kw, first, last) for i, kw in pickle.loads(raw)]
+    return list(sent)

@@ -13,7 +13,8 @@ from typing import TYPE_CHECKING, Any, Callable
 
 from ..errors import JobError
 from ..store import Storage, layout
-from . import metrics, runner
+from . import metrics
+from .results import C_CANCELED, C_OK, ChunkResult, canceled
 from .spec import JobSpec, task_index
 
 if TYPE_CHECKING:
@@ -33,8 +34,8 @@ class Job:
         self._store = store
         self._spec = spec
         self._env = environment
-        self._chunks: dict[int, dict] = {}          # published results never change: cache
-        self._combined: dict | None = None
+        self._chunks: dict[int, ChunkResult] = {}   # published results never change: cache
+        self._combined: ChunkResult | None = None
         self._error: str | None = None
         self._follower = None       # keeps its place in the logs across wait(stream=...) calls
         self.name = name or (spec.name if spec else None)
@@ -75,11 +76,11 @@ class Job:
         except (FileNotFoundError, ValueError):
             return {}
 
-    def _chunk(self, chunk: int) -> dict | None:
+    def _chunk(self, chunk: int) -> ChunkResult | None:
         got = self._chunks.get(chunk)
         if got is None:
             try:
-                got = pickle.loads(self._store.get(layout.result(chunk)))
+                got = ChunkResult.from_dict(pickle.loads(self._store.get(layout.result(chunk))))
             except FileNotFoundError:
                 return None
             self._chunks[chunk] = got
@@ -102,20 +103,27 @@ class Job:
         for chunk in range(spec.chunk_count):
             got = self._chunks.get(chunk)
             if got is not None:
-                rows.extend(got["rows"])
+                rows.extend(got.rows(spec.task_name))
                 continue
             status = RUNNING if chunk in claimed else PENDING
-            rows.extend(runner.make_row(spec.task_name(i), i, status, attempt=None, worker=None)
-                        | {"host": None} for i in spec.chunk_tasks(chunk))
+            rows.extend({"task_name": spec.task_name(i), "task_index": i, "status": status}
+                        for i in spec.chunk_tasks(chunk))
         return rows
 
-    def _combined_row(self) -> dict | None:
+    def _combined_result(self) -> ChunkResult | None:
         if self._combined is None and self.spec.has_combiner:
             try:
-                self._combined = pickle.loads(self._store.get(layout.COMBINED))
+                self._combined = ChunkResult.from_dict(pickle.loads(self._store.get(layout.COMBINED)))
             except FileNotFoundError:
                 return None
         return self._combined
+
+    def _combined_row(self) -> dict | None:
+        combined = self._combined_result()
+        return combined.rows(lambda _: self.spec.combiner_task_name())[0] if combined else None
+
+    def _all_completed(self) -> bool:
+        return all(len(r) == r.status.count(C_OK) for r in self._chunks.values())
 
     def _cancel_info(self) -> dict | None:
         try:
@@ -140,17 +148,16 @@ class Job:
         self._refresh()
         cancel = self._cancel_info()
         if len(self._chunks) == spec.chunk_count:
-            rows = self._rows(refresh=False)
             if cancel is not None and cancel.get("reason") != "fail_fast" and \
-                    any(r["status"] == CANCELED for r in rows):
+                    any(C_CANCELED in r.status for r in self._chunks.values()):
                 return self._final(CANCELED)
-            if any(r["status"] != COMPLETED for r in rows):
+            if not self._all_completed():
                 return self._final(FAILED)
             if spec.has_combiner:
-                combined = self._combined_row()
+                combined = self._combined_result()
                 if combined is None:
                     return RUNNING if self._workers_alive() is not False else self._stalled()
-                return self._final(COMPLETED if combined["status"] == COMPLETED else FAILED)
+                return self._final(COMPLETED if combined.status.count(C_OK) == 1 else FAILED)
             return self._final(COMPLETED)
         if cancel is not None and cancel.get("reason") != "fail_fast":
             return CANCELED
@@ -200,8 +207,13 @@ class Job:
 
     def get_map_results(self) -> list[Any]:
         """Results in parameter order; None where a task failed or has not finished."""
-        return [pickle.loads(r["_value"]) if r.get("_value") is not None else None
-                for r in self._rows()]
+        spec = self.spec
+        self._refresh()
+        out: list[Any] = []
+        for chunk in range(spec.chunk_count):
+            got = self._chunks.get(chunk)
+            out.extend(got.values if got is not None else [None] * len(spec.chunk_tasks(chunk)))
+        return out
 
     def get_results(self, timeout: float | None = None) -> Any:
         """Wait for the job, then return the combiner's value (or the map results).
@@ -212,7 +224,7 @@ class Job:
         if status != COMPLETED:
             raise JobError(self._failure_summary(status))
         if self.spec.has_combiner:
-            return pickle.loads(self._combined_row()["_value"])
+            return self._combined_result().values[0]
         results = self.get_map_results()
         return results[0] if self.spec.single else results
 
@@ -313,8 +325,7 @@ class Job:
                     for line in follower.poll():
                         stream(line)
                 if bar is not None:
-                    done = sum(1 for r in self._rows(refresh=False) if r["status"] in FINAL)
-                    bar.update(done - bar.n)
+                    bar.update(sum(map(len, self._chunks.values())) - bar.n)
                 if status in FINAL or status == UNKNOWN:
                     return status
                 if deadline is not None and time.monotonic() >= deadline:
@@ -348,16 +359,16 @@ class Job:
         self._finalize_canceled()
 
     def _finalize_canceled(self) -> None:
-        from .executor import canceled_rows
+        """Canceled rows for every chunk no worker finished (first publisher wins)."""
+        import socket
         spec = self.spec
         self._refresh()
         for chunk in range(spec.chunk_count):
-            if chunk in self._chunks:
-                continue
-            calls = [(i, spec.task_name(i), None, 0, 0) for i in spec.chunk_tasks(chunk)]
-            data = {"chunk": chunk, "attempt": -1, "worker": "client",
-                    "rows": canceled_rows(calls, "client")}
-            self._store.create_exclusive(layout.result(chunk), pickle.dumps(data))
+            if chunk not in self._chunks:
+                tasks = spec.chunk_tasks(chunk)
+                rows = canceled(tasks, [0] * len(tasks), "the job was canceled",
+                                socket.gethostname(), "client")
+                self._store.create_exclusive(layout.result(chunk), pickle.dumps(rows.to_dict()))
         self._refresh()
 
     def resume(self) -> "Job":
@@ -372,10 +383,9 @@ class Job:
             raise JobError(f"job {self.name!r}: its environment cannot be rebuilt to resume it")
         self._refresh()
         redo = [c for c in range(spec.chunk_count)
-                if c not in self._chunks
-                or any(r["status"] == CANCELED or r["exception"] == "WorkerLost"
-                       for r in self._chunks[c]["rows"])]
-        if not redo and not (spec.has_combiner and self._combined_row() is None):
+                if c not in self._chunks or C_CANCELED in self._chunks[c].status
+                or any(e[0] == "WorkerLost" for e in self._chunks[c].errors.values())]
+        if not redo and not (spec.has_combiner and self._combined_result() is None):
             return self
         self._store.delete(layout.CANCEL)
         claims = self._store.list(layout.CLAIMS)

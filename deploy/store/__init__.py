@@ -9,6 +9,8 @@ from .base import Storage, StorageError
 _BACKENDS = {
     "file": "deploy.store.local:LocalStorage",
     "": "deploy.store.local:LocalStorage",
+    "s3": "deploy.store.s3:S3Storage",
+    "relay": "deploy.store.relay:RelayStorage",
 }
 
 

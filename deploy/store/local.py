@@ -73,3 +73,12 @@ class LocalStorage(Storage):
                 os.unlink(target)
             except FileNotFoundError:
                 pass
+
+
+def home_job_store(job_id: str) -> LocalStorage:
+    """A new job directory under the deploy home (private to the user): where jobs live
+    when their environment keeps them on the client."""
+    from .. import config
+    root = config.home() / "jobs"
+    root.mkdir(mode=0o700, exist_ok=True)
+    return LocalStorage(str(root / job_id))

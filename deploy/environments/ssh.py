@@ -1,0 +1,387 @@
+"""SshCluster: run a job's workers on your own machines over SSH (paramiko).
+
+    lab = deploy.ssh_cluster.create('lab', hosts=['alice@gpu1', 'gpu2:2222', '10.0.0.7'])
+    job = deploy.map_job.create(add, params, environment=lab)     # or environment='lab'
+
+Each host gets its runtime prepared once (ssh_runtime), then per job one command that
+starts `python -m deploy.worker ... --processes N` in a process group of its own.
+The job directory stays on the client and is relayed over the SSH channel (store=None),
+or lives in a shared store (`store='s3://bucket/prefix'` or a path every host sees) that
+workers use directly, so that the job survives the client.
+"""
+from __future__ import annotations
+
+import concurrent.futures
+import json
+import os
+import re
+import shlex
+import socket
+import threading
+from typing import Any, Callable
+
+from ..store import Storage, open_store
+from ..store.local import home_job_store
+from . import by_value
+from .base import Environment, Launch
+from .ssh_connect import DEFAULT_CONFIG, POLICIES, HostError, HostSpec, connect, resolve, run
+from .ssh_runtime import DEFAULT_ROOT, HostRuntime, Options, prepare
+
+# variables the workers get from the client for an S3 store (configuration, not secrets;
+# credentials are forwarded only when named in forward_env=)
+S3_ENV = ("AWS_ENDPOINT_URL", "AWS_ENDPOINT_URL_S3", "AWS_REGION", "AWS_DEFAULT_REGION")
+
+
+class _Host:
+    """One host of the cluster, as this process knows it: connection and prepared runtime."""
+
+    def __init__(self, spec: HostSpec) -> None:
+        self.spec = spec
+        self.label = spec.given
+        self.client: Any = None
+        self.runtime: HostRuntime | None = None
+        self.lock = threading.Lock()
+        self.relays = 0                 # relay channels carrying a running job
+        self.closing = False
+
+    def connected(self, policy: str, timeout: float) -> Any:
+        transport = self.client.get_transport() if self.client is not None else None
+        if transport is None or not transport.is_active():
+            self.client = connect(self.spec, policy, timeout)
+            self.closing = False
+        return self.client
+
+    def close(self) -> None:
+        if self.client is not None:
+            self.client.close()
+            self.client = None
+
+
+class SshCluster(Environment):
+    """Workers on machines reachable by SSH; see the module docstring."""
+
+    kind = "ssh"
+
+    def __init__(self, name: str, hosts: list[str] | str, key_filename: str | list[str] | None = None,
+                 workers_per_host: int | None = None, additional_packages: list[str] | None = None,
+                 store: str | None = None, host_key_policy: str = "reject",
+                 pip_options: list[str] | None = None, ssh_config: str | None = DEFAULT_CONFIG,
+                 known_hosts: str | None = None, python: str = "python3",
+                 remote_dir: str = DEFAULT_ROOT, forward_env: list[str] | None = None,
+                 timeout: float = 10.0) -> None:
+        super().__init__(name)
+        hosts = [hosts] if isinstance(hosts, str) else list(hosts or [])
+        if not hosts:
+            raise ValueError("an SSH cluster needs at least one host")
+        if workers_per_host is not None and (isinstance(workers_per_host, bool)
+                                             or not isinstance(workers_per_host, int)
+                                             or workers_per_host < 1):
+            raise ValueError(f"workers_per_host must be a positive integer or None, got {workers_per_host!r}")
+        if host_key_policy not in POLICIES:
+            raise ValueError(f"host_key_policy must be one of {POLICIES}, got {host_key_policy!r} "
+                             "(unknown host keys are never accepted silently)")
+        if store is not None and not re.match(r"^[a-z0-9]+://|^/", str(store)):
+            raise ValueError(f"store must be a URI (s3://bucket/prefix) or an absolute path every "
+                             f"host sees, got {store!r}")
+        for label, items in (("additional_packages", additional_packages), ("pip_options", pip_options),
+                             ("forward_env", forward_env)):
+            if items is not None and (isinstance(items, str) or not all(isinstance(i, str) for i in items)):
+                raise TypeError(f"{label} must be a list of strings")
+        self.hosts = [h.strip() if isinstance(h, str) else h for h in hosts]
+        self.key_filename = key_filename
+        self.workers_per_host = workers_per_host
+        self.additional_packages = list(additional_packages or [])
+        self.store = str(store).rstrip("/") if store else None
+        self.host_key_policy = host_key_policy
+        self.pip_options = list(pip_options or [])
+        self.ssh_config = ssh_config
+        self.known_hosts = known_hosts
+        self.python = python
+        self.remote_dir = remote_dir
+        self.forward_env = list(forward_env or [])
+        self.timeout = float(timeout)
+        self._hosts = self._resolve()
+
+    def _resolve(self) -> list[_Host]:
+        seen: dict[tuple, str] = {}
+        hosts = []
+        for text in self.hosts:
+            spec = resolve(text, self.ssh_config, self.key_filename, self.known_hosts)
+            if spec.target in seen:
+                raise ValueError(f"host {text!r} is listed twice: it is the same account as "
+                                 f"{seen[spec.target]!r} ({spec.user}@{spec.hostname}:{spec.port})")
+            seen[spec.target] = text
+            hosts.append(_Host(spec))
+        return hosts
+
+    # -- data -------------------------------------------------------------------------
+
+    @classmethod
+    def from_settings(cls, name: str, settings: dict[str, Any]) -> "SshCluster":
+        return cls(name, **settings)
+
+    def settings(self) -> dict[str, Any]:
+        """Everything that recreates the cluster: host names, key *paths*, never key contents."""
+        return {"hosts": list(self.hosts), "key_filename": self.key_filename,
+                "workers_per_host": self.workers_per_host,
+                "additional_packages": list(self.additional_packages), "store": self.store,
+                "host_key_policy": self.host_key_policy, "pip_options": list(self.pip_options),
+                "ssh_config": self.ssh_config, "known_hosts": self.known_hosts,
+                "python": self.python, "remote_dir": self.remote_dir,
+                "forward_env": list(self.forward_env), "timeout": self.timeout}
+
+    # -- hosts ------------------------------------------------------------------------
+
+    def _options(self) -> Options:
+        needs = ("boto3",) if self.store and self.store.startswith("s3://") else ()
+        return Options(cluster=self.name, python=self.python, root=self.remote_dir,
+                       packages=tuple(self.additional_packages),
+                       pip_options=tuple(self.pip_options), needs=needs)
+
+    def _each(self, fn: Callable[[_Host], Any], hosts: list[_Host] | None = None) -> list[Any]:
+        """fn(host) on every host at once; HostError naming every host that failed."""
+        hosts = self._hosts if hosts is None else hosts
+        with concurrent.futures.ThreadPoolExecutor(max_workers=min(16, len(hosts) or 1)) as pool:
+            futures = [pool.submit(fn, h) for h in hosts]
+            concurrent.futures.wait(futures)
+        errors = [f.exception() for f in futures if f.exception() is not None]
+        if errors:
+            first = errors[0]
+            if isinstance(first, HostError) and len(errors) > 1:
+                raise HostError(first.host, str(first).split(": ", 1)[1] + "".join(
+                    f"\n{e}" for e in errors[1:])) from None
+            raise first
+        return [f.result() for f in futures]
+
+    def _prepare_host(self, host: _Host) -> HostRuntime:
+        with host.lock:
+            client = host.connected(self.host_key_policy, self.timeout)
+            if host.runtime is None:
+                try:
+                    host.runtime = prepare(client, host.spec.describe(), self._options())
+                except ValueError as exc:
+                    raise HostError(host.spec.describe(), str(exc)) from None
+            return host.runtime
+
+    def prepare(self) -> "SshCluster":
+        """Connect to every host and make its runtime ready; HostError names the hosts that fail."""
+        self._each(self._prepare_host)
+        return self
+
+    def _per_host(self, host: _Host) -> int:
+        return self.workers_per_host or host.runtime.cpus
+
+    def num_workers(self) -> int:
+        self.prepare()
+        return sum(self._per_host(h) for h in self._hosts)
+
+    def get_num_workers(self) -> int:
+        """GraphLab's name: workers per job across all hosts."""
+        return self.num_workers()
+
+    def is_running(self) -> bool:
+        """True when every host answers and is ready to run workers."""
+        try:
+            self.prepare()
+            return True
+        except HostError:
+            return False
+
+    def stop(self) -> None:
+        """Close the SSH connections (those relaying a running job close when it ends)."""
+        for host in self._hosts:
+            with host.lock:
+                if host.relays:
+                    host.closing = True
+                else:
+                    host.close()
+
+    def serialize(self, fn: Callable) -> bytes:
+        """Hosts lack the caller's own modules: those travel by value."""
+        return by_value.dumps(fn)
+
+    # -- jobs -------------------------------------------------------------------------
+
+    def job_store(self, job_id: str) -> Storage:
+        if self.store is None:
+            return home_job_store(job_id)
+        return open_store(f"{self.store}/{job_id}")
+
+    def _spread(self, total: int) -> list[tuple[_Host, int]]:
+        """Deal `total` workers over the hosts, round robin within each host's capacity."""
+        counts = {id(h): 0 for h in self._hosts}
+        while total > 0:
+            dealt = False
+            for host in self._hosts:
+                if total > 0 and counts[id(host)] < self._per_host(host):
+                    counts[id(host)] += 1
+                    total -= 1
+                    dealt = True
+            if not dealt:
+                break
+        return [(h, counts[id(h)]) for h in self._hosts if counts[id(h)]]
+
+    def _worker_env(self, job_dir: str) -> dict[str, str]:
+        names = list(self.forward_env)
+        if self.store and self.store.startswith("s3://"):
+            names += S3_ENV
+        env = {n: os.environ[n] for n in names if n in os.environ}
+        env["TMPDIR"] = job_dir
+        return env
+
+    def launch(self, launch: Launch) -> dict[str, Any]:
+        self.prepare()
+        relay = self.store is None
+        job_id = launch.spec.id
+        plan = dict((id(h), n) for h, n in self._spread(launch.workers))
+        hosts = [h for h in self._hosts if id(h) in plan]
+
+        def start(host: _Host) -> dict[str, Any] | Exception:
+            try:
+                return self._start(host, plan[id(host)], launch.store, job_id, relay)
+            except Exception as exc:
+                return exc
+        with concurrent.futures.ThreadPoolExecutor(max_workers=min(16, len(hosts))) as pool:
+            results = list(pool.map(start, hosts))
+        failed = [r for r in results if isinstance(r, Exception)]
+        handle = {"relay": relay, "job": job_id,
+                  "client": {"host": socket.gethostname(), "pid": os.getpid()},
+                  "hosts": [r for r in results if not isinstance(r, Exception)]}
+        if failed:
+            self.cancel(handle)        # no half-started job: stop the hosts that did start
+            raise failed[0]
+        return handle
+
+    def _start(self, host: _Host, workers: int, store: Storage, job_id: str, relay: bool) -> dict[str, Any]:
+        rt = host.runtime
+        job_dir = f"{rt.root}/jobs/{job_id}"
+        log = f"{job_dir}/{re.sub(r'[^A-Za-z0-9_.@-]', '_', host.label)}.log"
+        uri = f"relay://{host.label}/{job_id}" if relay else store.uri
+        module = "deploy.store.relay_hub" if relay else "deploy.environments.ssh_agent spawn"
+        command = (f"umask 077 && mkdir -p {shlex.quote(job_dir)} && exec {rt.env_prefix(host.label)} "
+                   f"-m {module} --log {shlex.quote(log)} -- {shlex.quote(uri)} --processes {workers}")
+        entry = {"host": host.label, "workers": workers, "log": log, "python": rt.python,
+                 "pythonpath": rt.pythonpath}
+        env = self._worker_env(job_dir)
+        if relay:
+            from .ssh_relay import start_relay
+            hello = start_relay(host, command, env, store, job_id, self.timeout)
+            return {**entry, "pgids": [hello["worker_pgid"]], "hubs": [hello["pgid"]]}
+        rc, out, err = run(host.client, command, stdin=json.dumps({"env": env}).encode() + b"\n",
+                           timeout=120)
+        if rc != 0:
+            raise HostError(host.spec.describe(), f"could not start workers (exit {rc}): "
+                                                  f"{(err or out).strip()[-800:]}")
+        return {**entry, "pgids": [json.loads(out.strip().splitlines()[-1])["worker_pgid"]], "hubs": []}
+
+    # -- control ----------------------------------------------------------------------
+
+    def _agent(self, entry: dict[str, Any], job_id: str, *args: str) -> str | None:
+        """Run the host agent for a handle's host entry; its stdout, None if unreachable."""
+        host = self._host(entry["host"])
+        if host is None:
+            return None
+        command = (f"env PYTHONPATH={shlex.quote(entry['pythonpath'])} {shlex.quote(entry['python'])} "
+                   f"-m deploy.environments.ssh_agent {' '.join(shlex.quote(a) for a in args)}")
+        try:
+            with host.lock:
+                client = host.connected(self.host_key_policy, self.timeout)
+            rc, out, _ = run(client, command, timeout=60)
+        except (HostError, OSError, EOFError):
+            return None
+        return out if rc == 0 else None
+
+    def _host(self, label: str) -> _Host | None:
+        return next((h for h in self._hosts if h.label == label), None)
+
+    def cancel(self, handle: dict[str, Any]) -> None:
+        """Kill the job's workers on every host: SIGTERM their process groups, SIGKILL
+        what is left after a grace period, then the relay hubs."""
+        job_id = handle.get("job", "")
+
+        def kill(entry: dict[str, Any]) -> None:
+            args = ["kill", "--job", job_id, *map(str, entry.get("pgids", []))]
+            if entry.get("hubs"):
+                args += ["--after", *map(str, entry["hubs"])]
+            self._agent(entry, job_id, *args)
+        entries = handle.get("hosts", [])
+        if entries:
+            with concurrent.futures.ThreadPoolExecutor(max_workers=min(16, len(entries))) as pool:
+                list(pool.map(kill, entries))
+
+    def alive(self, handle: dict[str, Any]) -> bool | None:
+        from .ssh_relay import relays_running
+        job_id = handle.get("job", "")
+        if handle.get("relay") and relays_running(job_id):
+            return True
+        answers = []
+        for entry in handle.get("hosts", []):
+            out = self._agent(entry, job_id, "alive", "--job", job_id,
+                              *map(str, entry.get("pgids", []) + entry.get("hubs", [])))
+            answers.append(None if out is None else bool(json.loads(out)))
+        if any(answers):
+            return True
+        return None if None in answers or not answers else False
+
+    def describe_failure(self, handle: dict[str, Any]) -> str | None:
+        client = handle.get("client") or {}
+        if handle.get("relay") and client.get("host") == socket.gethostname() \
+                and client.get("pid") != os.getpid() and not _pid_alive(int(client.get("pid", 0))):
+            return (f"the process that relayed the job directory to the hosts (pid {client.get('pid')}) "
+                    "has exited; a relayed job needs its client alive (give the cluster a shared "
+                    "store= for jobs that outlive it)")
+        tails = []
+        for entry in handle.get("hosts", []):
+            out = self._agent_tail(entry)
+            if out:
+                tails.append(f"{entry['host']}: {out}")
+        return "; ".join(tails) or None
+
+    def _agent_tail(self, entry: dict[str, Any]) -> str | None:
+        host = self._host(entry["host"])
+        if host is None:
+            return None
+        try:
+            with host.lock:
+                client = host.connected(self.host_key_policy, self.timeout)
+            rc, out, _ = run(client, f"tail -n 5 {shlex.quote(entry['log'])}", timeout=30)
+        except (HostError, OSError, EOFError):
+            return f"unreachable ({entry['host']})"
+        return out.strip()[-500:] if rc == 0 else None
+
+
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except (PermissionError, OverflowError):
+        return True
+    return pid > 0
+
+
+def create(name: str, hosts: list[str] | str, key_filename: str | list[str] | None = None,
+           workers_per_host: int | None = None, additional_packages: list[str] | None = None,
+           store: str | None = None, host_key_policy: str = "reject", **options: Any) -> SshCluster:
+    """Define an SSH cluster, check every host (connect, prepare its runtime) and save it by name.
+
+    Raises HostError naming each host that cannot be used, before anything is saved.
+    Other options: pip_options, ssh_config, known_hosts, python, remote_dir, forward_env, timeout.
+    """
+    cluster = SshCluster(name, hosts, key_filename=key_filename, workers_per_host=workers_per_host,
+                         additional_packages=additional_packages, store=store,
+                         host_key_policy=host_key_policy, **options)
+    cluster.prepare()
+    return cluster.save()
+
+
+def load(name: str) -> SshCluster:
+    """The saved SSH cluster `name` (connects lazily, when first used)."""
+    from .registry import environments
+    env = environments[name]
+    if not isinstance(env, SshCluster):
+        raise TypeError(f"environment {name!r} is a {type(env).__name__}, not an SshCluster")
+    return env
+
+
+__all__ = ["SshCluster", "HostError", "create", "load"]

@@ -1,0 +1,111 @@
+"""One chunk's outcome, column by column: cheap to record per task, to pickle and to read.
+
+A published result file is a pickle of a plain dict (`ChunkResult.to_dict`), so any Python
+with the values' classes can read it without deploy.
+"""
+from __future__ import annotations
+
+import array
+from typing import Any, Callable, Iterator
+
+COMPLETED, FAILED, CANCELED = "Completed", "Failed", "Canceled"
+C_OK, C_FAILED, C_CANCELED = ord("C"), ord("F"), ord("X")
+STATUS = {C_OK: COMPLETED, C_FAILED: FAILED, C_CANCELED: CANCELED}
+
+
+class ChunkResult:
+    """Parallel columns, one entry per task; `errors` holds (type, message, traceback) by position."""
+
+    __slots__ = ("index", "start", "end", "attempt", "memory", "status", "errors", "values",
+                 "host", "worker")
+
+    def __init__(self, host: str = "", worker: str = "") -> None:
+        self.index = array.array("q")
+        self.start = array.array("d")
+        self.end = array.array("d")
+        self.attempt = array.array("i")
+        self.memory = array.array("f")
+        self.status = bytearray()
+        self.errors: dict[int, tuple[str, str | None, str | None]] = {}
+        self.values: list[Any] = []
+        self.host, self.worker = host, worker
+
+    def __len__(self) -> int:
+        return len(self.index)
+
+    def add(self, index: int, status: int, start: float, end: float, attempt: int, memory: float,
+            value: Any = None, error: tuple[str, str | None, str | None] | None = None) -> None:
+        if error is not None:
+            self.errors[len(self.index)] = error
+        self.index.append(index)
+        self.status.append(status)
+        self.start.append(start)
+        self.end.append(end)
+        self.attempt.append(attempt)
+        self.memory.append(memory)
+        self.values.append(value)
+
+    def extend(self, other: "ChunkResult") -> None:
+        base = len(self.index)
+        for pos, err in other.errors.items():
+            self.errors[base + pos] = err
+        for name in ("index", "start", "end", "attempt", "memory", "status", "values"):
+            getattr(self, name).extend(getattr(other, name))
+
+    def sorted(self) -> "ChunkResult":
+        """The same rows in task order (rows arrive out of order after a lost task process)."""
+        order = sorted(range(len(self.index)), key=self.index.__getitem__)
+        if order == list(range(len(order))):
+            return self
+        out = ChunkResult(self.host, self.worker)
+        for pos in order:
+            out.add(self.index[pos], self.status[pos], self.start[pos], self.end[pos],
+                    self.attempt[pos], self.memory[pos], self.values[pos], self.errors.get(pos))
+        return out
+
+    def failed(self) -> int | None:
+        """Position of the first failed task, or None."""
+        pos = self.status.find(C_FAILED)
+        return None if pos < 0 else pos
+
+    def to_dict(self) -> dict:
+        return {"host": self.host, "worker": self.worker, "index": self.index, "start": self.start,
+                "end": self.end, "attempt": self.attempt, "memory": self.memory,
+                "status": bytes(self.status), "errors": self.errors, "values": self.values}
+
+    @classmethod
+    def from_dict(cls, data: dict) -> "ChunkResult":
+        out = cls(data.get("host", ""), data.get("worker", ""))
+        for name in ("index", "start", "end", "attempt", "memory", "values"):
+            setattr(out, name, data[name])
+        out.status = bytearray(data["status"])
+        out.errors = data.get("errors") or {}
+        return out
+
+    def statuses(self) -> Iterator[str]:
+        return (STATUS[c] for c in self.status)
+
+    def rows(self, task_name: Callable[[int], str]) -> list[dict]:
+        """Metrics rows (dicts), for tables and DataFrames."""
+        rows = []
+        for pos, index in enumerate(self.index):
+            start, end = self.start[pos], self.end[pos]
+            exc_type, message, tb = self.errors.get(pos, (None, None, None))
+            rows.append({
+                "task_name": task_name(index), "task_index": index,
+                "status": STATUS[self.status[pos]],
+                "start_time": start or None, "end_time": end or None,
+                "run_time": (end - start) if start and end else None,
+                "exception": exc_type, "exception_message": message,
+                "exception_traceback": tb, "host": self.host, "worker": self.worker,
+                "attempt": self.attempt[pos], "peak_memory_mb": round(self.memory[pos], 1) or None,
+            })
+        return rows
+
+
+def canceled(indices: Any, attempts: Any, why: str, host: str, worker: str) -> ChunkResult:
+    """Canceled rows for tasks that did not run."""
+    out = ChunkResult(host, worker)
+    for index, attempt in zip(indices, attempts):
+        out.add(index, C_CANCELED, 0.0, 0.0, attempt, 0.0, None, ("Canceled", why, None))
+    return out
