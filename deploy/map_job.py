@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import inspect
+import itertools
 import json
 import pickle
 import time
@@ -23,23 +24,24 @@ def _check_count(value: Any, what: str, minimum: int) -> int:
     return value
 
 
-def _parameters(parameter_set: Any, max_tasks: int) -> list[dict]:
+def _parameters(parameter_set: Any, max_tasks: int, dicts: bool = True) -> list:
     if isinstance(parameter_set, (str, bytes, Mapping)) or not isinstance(parameter_set, Iterable):
         raise TypeError("parameter_set must be a list (or other iterable) of dicts of keyword "
                         f"arguments, got {type(parameter_set).__name__}")
-    params = []
-    for i, item in enumerate(parameter_set):
-        if not isinstance(item, Mapping):
-            raise TypeError(f"parameter_set[{i}] is a {type(item).__name__}, not a dict of "
-                            "keyword arguments")
-        if not all(isinstance(k, str) for k in item):
-            raise TypeError(f"parameter_set[{i}] has a key that is not a string")
-        params.append(dict(item))
-        if len(params) > max_tasks:
-            raise ValueError(f"parameter_set has more than max_tasks={max_tasks} tasks; "
-                             "pass a larger max_tasks= if you mean it")
+    params = list(itertools.islice(parameter_set, max_tasks + 1))
+    if len(params) > max_tasks:
+        raise ValueError(f"parameter_set has more than max_tasks={max_tasks} tasks; "
+                         "pass a larger max_tasks= if you mean it")
     if not params:
         raise ValueError("parameter_set is empty: give at least one dict of keyword arguments")
+    for i, item in enumerate(params if dicts else ()):
+        if type(item) is not dict:
+            if not isinstance(item, Mapping):
+                raise TypeError(f"parameter_set[{i}] is a {type(item).__name__}, not a dict of "
+                                "keyword arguments")
+            params[i] = item = dict(item)
+        if not all(type(k) is str for k in item):
+            raise TypeError(f"parameter_set[{i}] has a key that is not a string")
     return params
 
 
@@ -65,17 +67,16 @@ def _check_combiner(fn: Any) -> None:
                         "combiner(**{task_name: result, ...})")
 
 
-def _dump_chunk(tasks: list[tuple[int, dict]]) -> bytes:
+def _dump_chunk(items: list, first: int) -> bytes:
     try:
-        return pickle.dumps(tasks, protocol=pickle.HIGHEST_PROTOCOL)
+        return pickle.dumps(items, protocol=pickle.HIGHEST_PROTOCOL)
     except Exception:
         import cloudpickle
         try:
-            return cloudpickle.dumps(tasks, protocol=pickle.HIGHEST_PROTOCOL)
+            return cloudpickle.dumps(items, protocol=pickle.HIGHEST_PROTOCOL)
         except Exception as exc:
-            first = tasks[0][0]
-            raise TypeError(f"a parameter in tasks {first}..{tasks[-1][0]} cannot be sent to "
-                            f"workers: {type(exc).__name__}: {exc}") from exc
+            raise TypeError(f"a parameter in tasks {first}..{first + len(items) - 1} cannot be "
+                            f"sent to workers: {type(exc).__name__}: {exc}") from exc
 
 
 def resolve_environment(environment: Environment | str | None) -> Environment:
@@ -96,7 +97,7 @@ def create(function: Callable, parameter_set: Iterable[Mapping[str, Any]], name:
            combiner_function: Callable | None = None, *, max_retries: int = 0,
            task_timeout: float | None = None, max_concurrent_tasks: int | None = None,
            chunk_size: int | None = None, max_tasks: int | None = None,
-           fail_fast: bool = False, worker_retries: int | None = None, _single: bool = False) -> Job:
+           fail_fast: bool = False, worker_retries: int | None = None) -> Job:
     """Run `function(**params)` for every dict in `parameter_set`, where `environment` says.
 
     Returns at once with a Job (except in the blocking `Local` environment). Nothing is
@@ -107,6 +108,21 @@ def create(function: Callable, parameter_set: Iterable[Mapping[str, Any]], name:
     `fail_fast` stops the job at the first failed task; `worker_retries` is how often a
     chunk whose worker was lost runs again before its tasks fail with WorkerLost.
     """
+    return submit(function, parameter_set, "kwargs", name=name, environment=environment,
+                  combiner_function=combiner_function, max_retries=max_retries,
+                  task_timeout=task_timeout, max_concurrent_tasks=max_concurrent_tasks,
+                  chunk_size=chunk_size, max_tasks=max_tasks, fail_fast=fail_fast,
+                  worker_retries=worker_retries)
+
+
+def submit(function: Callable, items: Iterable[Any], call_style: str, *, name: str | None = None,
+           environment: Environment | str | None = None,
+           combiner_function: Callable | None = None, max_retries: int = 0,
+           task_timeout: float | None = None, max_concurrent_tasks: int | None = None,
+           chunk_size: int | None = None, max_tasks: int | None = None,
+           fail_fast: bool = False, worker_retries: int | None = None, single: bool = False) -> Job:
+    """Validate, write and launch a job whose tasks call `function` on `items` in
+    `call_style` ("kwargs": fn(**item), "arg": fn(item), "args": fn(*item))."""
     settings = config.load()
     max_tasks = _check_count(settings["max_tasks"] if max_tasks is None else max_tasks, "max_tasks", 1)
     max_retries = _check_count(max_retries, "max_retries", 0)
@@ -125,7 +141,7 @@ def create(function: Callable, parameter_set: Iterable[Mapping[str, Any]], name:
         raise TypeError(f"function must be callable, got {type(function).__name__}")
     if combiner_function is not None:
         _check_combiner(combiner_function)
-    params = _parameters(parameter_set, max_tasks)
+    params = _parameters(items, max_tasks, dicts=call_style == "kwargs")
     env = resolve_environment(environment)
     function_blob = _pickle_callable(function, "function", env)
     combiner_blob = (_pickle_callable(combiner_function, "combiner_function", env)
@@ -143,7 +159,8 @@ def create(function: Callable, parameter_set: Iterable[Mapping[str, Any]], name:
         worker_retries=worker_retries, task_timeout=task_timeout, fail_fast=bool(fail_fast),
         combiner_name=specs.function_label(combiner_function) if combiner_function else None,
         environment=env.to_dict(), lease_seconds=float(settings["lease_seconds"]),
-        heartbeat_seconds=float(settings["heartbeat_seconds"]), single=_single)
+        heartbeat_seconds=float(settings["heartbeat_seconds"]), single=single,
+        call_style=call_style)
     store = None
     try:
         store = env.job_store(job_id)
@@ -167,8 +184,8 @@ def write_job(store: Any, spec: specs.JobSpec, params: list[dict], function_blob
               combiner_blob: bytes | None) -> None:
     """Write the job directory; job.json goes last, so a job without it was never whole."""
     for chunk in range(spec.chunk_count):
-        tasks = [(i, params[i]) for i in spec.chunk_tasks(chunk)]
-        store.put(layout.inputs(chunk), _dump_chunk(tasks))
+        tasks = spec.chunk_tasks(chunk)
+        store.put(layout.inputs(chunk), _dump_chunk(params[tasks.start:tasks.stop], tasks.start))
     store.put(layout.FUNCTION, function_blob)
     if combiner_blob is not None:
         store.put(layout.COMBINER, combiner_blob)

@@ -9,17 +9,6 @@ from .jobs.job import FINAL, Job
 from .jobs.results import C_OK
 
 
-class _Star:
-    """Calls fn(*args): turns positional items into the keyword form tasks use."""
-
-    def __init__(self, func: Callable) -> None:
-        self.func = func
-        self.__name__ = getattr(func, "__name__", "task")
-
-    def __call__(self, args: tuple) -> Any:
-        return self.func(*args)
-
-
 def map(function: Callable, *iterables: Iterable, ordered: bool = True, stream: bool = True,
         environment: Any = None, name: str | None = None, **options: Any) -> list | Iterator:
     """Like builtin map(function, *iterables), run in parallel.
@@ -32,8 +21,12 @@ def map(function: Callable, *iterables: Iterable, ordered: bool = True, stream: 
     from . import map_job
     if not iterables:
         raise TypeError("deploy.map() needs at least one iterable")
-    params = [{"args": args} for args in zip(*iterables)]
-    job = map_job.create(_Star(function), params, name=name, environment=environment, **options)
+    if len(iterables) == 1:
+        job = map_job.submit(function, iterables[0], "arg", name=name, environment=environment,
+                             **options)
+    else:
+        job = map_job.submit(function, zip(*iterables), "args", name=name,
+                             environment=environment, **options)
     printer = _print_line if stream else None
     if ordered:
         status = job.wait(stream=printer)

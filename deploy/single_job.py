@@ -11,4 +11,5 @@ def create(function: Callable, name: str | None = None,
            environment: Environment | str | None = None, **kwargs: Any) -> Job:
     """Run `function(**kwargs)` once where `environment` says; `get_results()` is its value."""
     from . import map_job
-    return map_job.create(function, [kwargs], name=name, environment=environment, _single=True)
+    return map_job.submit(function, [kwargs], "kwargs", name=name, environment=environment,
+                          single=True)

@@ -48,16 +48,14 @@ class Worker:
     """One worker: claims chunks until the job is done, canceled, or nothing is left to take."""
 
     def __init__(self, store: Storage, spec: JobSpec | None = None,
-                 functions: dict[str, Callable] | None = None, inline: bool = False,
-                 poll_seconds: float = 0.5) -> None:
+                 functions: dict[str, Callable] | None = None, inline: bool = False) -> None:
         self.store = store
         self.spec = spec or JobSpec.from_json(store.get(layout.SPEC))
         self.functions = functions or load_functions(store, self.spec)
         self.id = f"{runner.worker_id()}-{os.urandom(2).hex()}"
-        self.inline = inline
         self.executor = (ex.InlineExecutor if inline else ex.ForkExecutor)(
             self.functions, self.spec.task_timeout, self.id)
-        self.poll_seconds = poll_seconds
+        self.poll_seconds = max(store.poll_seconds, 0.1)
         self.seq = 0
         self.next_beat = 0.0
         self.next_cancel_check = 0.0
@@ -164,15 +162,13 @@ class Worker:
 
     # -- running ----------------------------------------------------------------------
 
-    def calls(self, chunk: int, attempt: int = 0) -> list[runner.Call] | tuple[int, int, bytes]:
-        """The chunk's tasks; a chunk taken over from a lost worker counts as their next
-        attempt. For a task process, the input file goes as it is (it unpickles it)."""
-        raw = self.store.get(layout.inputs(chunk))
+    def calls(self, chunk: int, attempt: int = 0) -> tuple[bytes, int, int, int]:
+        """The chunk's input file, first task index, first and last attempt: a chunk taken
+        over from a lost worker counts as its tasks' next attempt. The task process
+        unpickles the inputs; the worker never needs to."""
         first = attempt + 1
-        last = first + self.spec.max_retries
-        if not self.inline:
-            return first, last, raw
-        return [(i, kwargs, first, last) for i, kwargs in pickle.loads(raw)]
+        return (self.store.get(layout.inputs(chunk)), self.spec.chunk_tasks(chunk).start,
+                first, first + self.spec.max_retries)
 
     def log_file(self, chunk: int, attempt: int) -> str:
         path = layout.live_log(chunk, attempt)
@@ -220,7 +216,8 @@ class Worker:
             return
         local = self.log_file(chunk, attempt)
         try:
-            result = self.executor.run("map", self.calls(chunk, attempt), local, self.poll)
+            result = self.executor.run("map", self.spec.call_style, self.calls(chunk, attempt),
+                                       local, self.poll)
         except ex.Interrupted as stop:
             result = stop.result
             result.extend(ex.canceled_calls(stop.unrun, self.cancel_reason(), self.id))
@@ -237,7 +234,8 @@ class Worker:
         local = self.log_file(n, attempt)
         first = attempt + 1
         try:
-            result = self.executor.run("combine", [(0, values, first, first + self.spec.max_retries)],
+            result = self.executor.run("combine", "kwargs",
+                                       [(0, values, first, first + self.spec.max_retries)],
                                        local, self.poll)
         except ex.Interrupted as stop:
             result = stop.result

@@ -8,6 +8,8 @@ import textwrap
 
 import pytest
 
+from conftest_ssh import moto_server, s3_env, ssh_hosts  # noqa: F401  (cluster fixtures)
+
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 

@@ -292,6 +292,7 @@ mkdir -p "$(dirname "$final")"
 "$tmp/bin/python" -m pip --version >/dev/null 2>&1 || {{ rm -rf "$tmp"; {python} -m venv --system-site-packages "$tmp"; }}
 "$tmp/bin/python" -m pip install --disable-pip-version-check --no-input {args} 2>&1
 echo {digest} > "$tmp/.deploy-stamp"
+chmod -R go-rwx "$tmp"
 rm -rf "$final.old"; if [ -e "$final" ]; then mv "$final" "$final.old"; fi
 mv "$tmp" "$final"; rm -rf "$final.old"
 """

@@ -60,28 +60,25 @@ class InlineExecutor:
     def __init__(self, functions: dict[str, Callable], task_timeout: float | None, worker: str) -> None:
         self.functions, self.task_timeout, self.worker = functions, task_timeout, worker
 
-    def run(self, kind: str, calls: list[Call], log_path: str,
+    def run(self, kind: str, style: str, calls: list[Call] | tuple, log_path: str,
             poll: Callable[[], bool]) -> ChunkResult:
         fn, result = self.functions[kind], ChunkResult(runner.HOST, self.worker)
+        calls = _calls(calls)
         fd = os.open(log_path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o600)
         output = runner.TaskOutput(fd)
         stop: list[int] = []
 
-        def before(pos: int, index: int, attempt: int) -> None:
+        def before(pos: int) -> None:
+            arm(0)
             if not poll():
                 stop.append(pos)
                 raise _Stop()
-            output.begin(index, attempt)
             arm(self.task_timeout)
-
-        def after(pos: int) -> None:
-            arm(0)
-            output.end()
 
         try:
             with contextlib.redirect_stdout(output.stdout), contextlib.redirect_stderr(output.stderr), \
                     _alarm() as arm:
-                runner.run_calls(fn, calls, result, before, after)
+                runner.run_calls(fn, calls, result, style, runner.Hooks(output=output, before=before))
         except _Stop:
             raise Interrupted(result, calls[stop[0]:]) from None
         finally:
@@ -164,15 +161,12 @@ def _child_main(functions: dict[str, Callable], worker: str, tasks_fd: int, rows
     devnull = os.open(os.devnull, os.O_RDONLY)
     os.dup2(devnull, 0)
     os.close(devnull)
-    pack = _SLOT.pack_into
     while True:
         msg = _recv(tasks_fd)
         if msg is None:
             os._exit(0)
-        kind, calls, log_path = msg
-        if isinstance(calls, bytes):            # a chunk's input file, as published
-            first, last, raw = pickle.loads(calls)
-            calls = [(i, kw, first, last) for i, kw in pickle.loads(raw)]
+        kind, style, calls, log_path = msg
+        calls = _calls(calls)
         log_fd = os.open(log_path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o600)
         os.dup2(log_fd, 1)
         os.dup2(log_fd, 2)
@@ -181,33 +175,15 @@ def _child_main(functions: dict[str, Callable], worker: str, tasks_fd: int, rows
         # the caller's sys.stdout may be anything (a notebook's stream, a test's capture)
         sys.stdout, sys.stderr = output.stdout, output.stderr
         batch = ChunkResult(runner.HOST, worker)
-        sent_at = [time.monotonic()]
 
-        def before(pos: int, index: int, attempt: int) -> None:
-            pack(slot, 0, pos, attempt, time.time())
-            output.begin(index, attempt)
+        def flush() -> None:
+            _send(rows_fd, b"P" + runner.dumps_result(batch))   # P: part of the batch
+            batch.clear()
 
-        def after(pos: int) -> None:
-            nonlocal batch
-            output.end()
-            if time.monotonic() - sent_at[0] > _FLUSH_SECONDS:
-                _send(rows_fd, b"P" + runner.dumps_result(batch))
-                batch = ChunkResult(runner.HOST, worker)
-                sent_at[0] = time.monotonic()
-
-        runner.run_calls(functions[kind], calls, _Batch(lambda: batch), before, after)
+        runner.run_calls(functions[kind], calls, batch, style,
+                         runner.Hooks(slot, _SLOT.pack_into, output, flush, _FLUSH_SECONDS))
         slot[:_SLOT.size] = _IDLE
         _send(rows_fd, b"D" + runner.dumps_result(batch))     # D: the batch is done
-
-
-class _Batch:
-    """Forwards `add` to whichever batch is current (batches are sent and replaced)."""
-
-    def __init__(self, current: Callable[[], ChunkResult]) -> None:
-        self.current = current
-
-    def add(self, *args: Any) -> None:
-        self.current().add(*args)
 
 
 class ForkExecutor:
@@ -258,17 +234,17 @@ class ForkExecutor:
         if self.pid is not None:
             self._kill()
 
-    def run(self, kind: str, calls: list[Call] | tuple[int, int, bytes], log_path: str,
+    def run(self, kind: str, style: str, calls: list[Call] | tuple, log_path: str,
             poll: Callable[[], bool]) -> ChunkResult:
-        """Run `calls` (a list, or (first_attempt, last_attempt, input file bytes))."""
+        """Run `calls`: a list, or (input file bytes, first index, first and last attempt),
+        which goes to the task process as it is."""
         result = ChunkResult(runner.HOST, self.worker)
         pending: Any = calls
         while pending:
             if self.pid is None:
                 self._start()
             sent = pending
-            _send(self.tasks_fd, runner.dumps(
-                (kind, pickle.dumps(sent) if isinstance(sent, tuple) else sent, log_path)))
+            _send(self.tasks_fd, runner.dumps((kind, style, sent, log_path)))
             received, pending = 0, None
             while True:
                 try:
@@ -325,8 +301,5 @@ class ForkExecutor:
         return sent[received:pos] + retry + sent[pos + 1:]
 
 
-def _calls(sent: list[Call] | tuple[int, int, bytes]) -> list[Call]:
-    if isinstance(sent, tuple):
-        first, last, raw = sent
-        return [(i, kw, first, last) for i, kw in pickle.loads(raw)]
-    return list(sent)
+def _calls(sent: list[Call] | tuple) -> list[Call]:
+    return runner.inputs_to_calls(*sent) if isinstance(sent, tuple) else list(sent)

@@ -257,11 +257,11 @@ class Job:
             return self._failure_summary(status)
         return self._error if status == UNKNOWN else None
 
-    def get_parameters(self) -> list[dict]:
-        """The parameter sets, in task order."""
-        params: list[dict] = []
+    def get_parameters(self) -> list:
+        """The parameter sets in task order (for deploy.map jobs: the input items)."""
+        params: list = []
         for chunk in range(self.spec.chunk_count):
-            params.extend(kw for _, kw in pickle.loads(self._store.get(layout.inputs(chunk))))
+            params.extend(pickle.loads(self._store.get(layout.inputs(chunk))))
         return params
 
     def get_start_time(self) -> float | None:
@@ -331,7 +331,7 @@ class Job:
                 if deadline is not None and time.monotonic() >= deadline:
                     return status
                 time.sleep(delay)     # polling the store; nothing to block on portably
-                delay = min(delay * 1.5, 0.25)
+                delay = min(delay * 1.5, self._store.poll_seconds)
         finally:
             if bar is not None:
                 bar.close()

@@ -30,6 +30,13 @@ class ChunkResult:
         self.values: list[Any] = []
         self.host, self.worker = host, worker
 
+    def clear(self) -> None:
+        """Empty every column in place (bound `append`s stay valid)."""
+        for name in ("index", "start", "end", "attempt", "memory", "values"):
+            del getattr(self, name)[:]
+        self.status.clear()
+        self.errors.clear()
+
     def __len__(self) -> int:
         return len(self.index)
 

@@ -23,8 +23,15 @@ LOG_MARK = b"\x1e"   # a log line starting with this names the task whose output
 HOST = os.environ.get("DEPLOY_HOST_LABEL") or socket.gethostname()
 _MARKER = re.compile(rb"\x1e(-?\d+) (\d+)(?: @(\d+))?\n")
 _SLOW = 0.001        # tasks longer than this get their own memory sample
+_FD_CHECK = 20e-6    # tasks longer than this are checked for output written around Python
 
-Call = tuple         # (task_index, kwargs, attempt, last_attempt)
+Call = tuple         # (task_index, item, attempt, last_attempt)
+STYLES = ("kwargs", "arg", "args")
+
+
+def inputs_to_calls(raw: bytes, base: int, first: int, last: int) -> list[Call]:
+    """A published input chunk (a pickled list of items) as calls; indices start at `base`."""
+    return [(base + pos, item, first, last) for pos, item in enumerate(pickle.loads(raw))]
 
 
 def dumps(obj: Any) -> bytes:
@@ -61,18 +68,46 @@ def worker_id() -> str:
     return f"{HOST}-{os.getpid()}"
 
 
-def run_calls(fn: Callable, calls: list[Call], result: ChunkResult,
-              before: Callable[[int, int, int], None], after: Callable[[int], None]) -> None:
-    """Run each call (re-running it while it raises and attempts remain) into `result`.
-    `before(pos, index, attempt)` runs before each attempt, `after(pos)` after each call."""
+class Hooks:
+    """What the task loop reports to, besides the result: all optional.
+
+    `slot`/`pack`: shared memory where the running call's position, attempt and start go
+    (the worker reads it for timeouts and lost task processes); `output`: the TaskOutput
+    that attributes printed output; `flush(now)`: called after a call once `flush_every`
+    seconds passed since the last flush; `before(pos)`: called before each call.
+    """
+
+    def __init__(self, slot: Any = None, pack: Callable | None = None,
+                 output: "TaskOutput | None" = None, flush: Callable[[], None] | None = None,
+                 flush_every: float = 0.5, before: Callable[[int], None] | None = None) -> None:
+        self.slot, self.pack, self.output = slot, pack, output
+        self.flush, self.flush_every, self.before = flush, flush_every, before
+
+
+def run_calls(fn: Callable, calls: list[Call], result: ChunkResult, style: str, hooks: Hooks) -> None:
+    """Run each call as fn(**item), fn(item) or fn(*item) per `style`, re-running it while
+    it raises and attempts remain, into `result`. This loop is the per-task overhead of
+    every job, so the bookkeeping is inline rather than in callbacks."""
+    kwargs_style, one_arg = style == "kwargs", style == "arg"
     now = time.time
     memory = peak_memory_mb()
-    for pos, (index, kwargs, attempt, last) in enumerate(calls):
+    add_index, add_status, add_start = result.index.append, result.status.append, result.start.append
+    add_end, add_attempt = result.end.append, result.attempt.append
+    add_memory, add_value = result.memory.append, result.values.append
+    slot, pack, output, before, flush = hooks.slot, hooks.pack, hooks.output, hooks.before, hooks.flush
+    flush_every = hooks.flush_every
+    flushed = now()
+    for pos, (index, item, attempt, last) in enumerate(calls):
+        if before is not None:
+            before(pos)
         while True:
-            before(pos, index, attempt)
             start = now()
+            if slot is not None:
+                pack(slot, 0, pos, attempt, start)
+            if output is not None:
+                output.task, output.marked = (index, attempt), False
             try:
-                value = fn(**kwargs)
+                value = fn(**item) if kwargs_style else fn(item) if one_arg else fn(*item)
             except Exception as exc:
                 end = now()
                 if attempt < last:
@@ -85,9 +120,19 @@ def run_calls(fn: Callable, calls: list[Call], result: ChunkResult,
                 end = now()
                 if end - start > _SLOW:
                     memory = peak_memory_mb()
-                result.add(index, C_OK, start, end, attempt, memory, value)
+                add_index(index)
+                add_status(C_OK)
+                add_start(start)
+                add_end(end)
+                add_attempt(attempt)
+                add_memory(memory)
+                add_value(value)
             break
-        after(pos)
+        if output is not None and (output.marked or end - start > _FD_CHECK):
+            output.end()
+        if flush is not None and end - flushed > flush_every:
+            flush()
+            flushed = end
 
 
 # ---------------------------------------------------------------------------- output
@@ -109,9 +154,6 @@ class TaskOutput:
         self.stdout = _MarkingStream(self, fd)
         self.stderr = _MarkingStream(self, fd if err_fd is None else err_fd)
 
-    def begin(self, index: int, attempt: int) -> None:
-        self.task, self.marked = (index, attempt), False
-
     def _mark(self, at_end: bool = False) -> None:
         """Write the marker; output that reached the fd without Python (os.write, child
         processes) since the last marker is claimed by offset."""
@@ -126,8 +168,10 @@ class TaskOutput:
 
     def end(self) -> None:
         """After a task: flush, and claim any output it wrote around Python."""
-        self.stdout.flush_raw()
-        self.stderr.flush_raw()
+        if self.stdout.dirty:
+            self.stdout.flush_raw()
+        if self.stderr.dirty:
+            self.stderr.flush_raw()
         if self.marked:
             self.pos = os.lseek(self.fd, 0, os.SEEK_END)
         else:
@@ -140,6 +184,7 @@ class _MarkingStream(io.TextIOBase):
     def __init__(self, owner: TaskOutput, fd: int) -> None:
         self.owner, self._fd = owner, fd
         self.raw = io.TextIOWrapper(io.FileIO(fd, "w", closefd=False), line_buffering=True)
+        self.dirty = False
 
     def write(self, text: str) -> int:
         owner = self.owner
@@ -147,13 +192,15 @@ class _MarkingStream(io.TextIOBase):
             owner.stdout.flush_raw()
             owner.stderr.flush_raw()
             owner._mark()
+        self.dirty = True
         return self.raw.write(text)
 
     def flush_raw(self) -> None:
         self.raw.flush()
+        self.dirty = False
 
     def flush(self) -> None:
-        self.raw.flush()
+        self.flush_raw()
 
     def fileno(self) -> int:
         return self._fd

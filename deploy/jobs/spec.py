@@ -27,6 +27,7 @@ class JobSpec:
     fail_fast: bool = False
     combiner_name: str | None = None
     single: bool = False                  # deploy.job.create: get_results() is the one value
+    call_style: str = "kwargs"            # fn(**item); "arg": fn(item); "args": fn(*item)
     environment: dict[str, Any] = dataclasses.field(default_factory=dict)
     lease_seconds: float = 30.0
     heartbeat_seconds: float = 2.0

@@ -20,6 +20,7 @@ class Storage(abc.ABC):
     """
 
     uri: str
+    poll_seconds: float = 0.5     # how often readers poll this store while waiting
 
     @abc.abstractmethod
     def get(self, path: str) -> bytes:

@@ -11,6 +11,8 @@ from .base import Storage
 class LocalStorage(Storage):
     """A job store in a directory of this machine; directories are private to the user."""
 
+    poll_seconds = 0.02
+
     def __init__(self, root: str) -> None:
         self.root = os.path.abspath(os.path.expanduser(root))
         self.uri = "file://" + self.root

@@ -140,6 +140,7 @@ class Hub:
             time.sleep(0.05)
 
     def close(self) -> None:
+        """Close every worker connection (their store calls fail at once) and the socket."""
         for key in list(self.sel.get_map().values()):
             if isinstance(key.fileobj, socket.socket) and key.fileobj is not self.listener:
                 key.fileobj.close()
@@ -182,8 +183,8 @@ def main(argv: list[str] | None = None) -> int:
     try:
         return hub.run()
     finally:
+        hub.close()              # without their store, workers stop quickly on SIGTERM
         hub.stop_workers()
-        hub.close()
 
 
 if __name__ == "__main__":

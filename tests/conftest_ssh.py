@@ -1,0 +1,77 @@
+"""Session fixtures for the cluster tests: real OpenSSH hosts on loopback (tests/infra) and
+an S3 server (moto, in its own process). Imported by conftest.py; started only when a test
+asks for them."""
+from __future__ import annotations
+
+import socket
+import subprocess
+import sys
+
+import pytest
+
+from waiting import wait_for
+
+
+@pytest.fixture(scope="session")
+def ssh_hosts(tmp_path_factory):
+    """Four sshd "hosts" (users deploysc1..4, aliases host1..host4 in ssh_hosts.ssh_config_path);
+    host4 has no python3 on its PATH."""
+    from infra.sshd_hosts import SshHosts, check_prerequisites
+    problems = check_prerequisites()
+    if problems:
+        pytest.skip("; ".join(problems))
+    hosts = SshHosts(tmp_path_factory.mktemp("sshd"), n=4, without_python={3}, user_prefix="deploysc")
+    hosts.start()
+    yield hosts
+    hosts.stop()
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _answers(port: int) -> bool:
+    try:
+        socket.create_connection(("127.0.0.1", port), timeout=0.5).close()
+        return True
+    except OSError:
+        return False
+
+
+@pytest.fixture(scope="session")
+def moto_server(tmp_path_factory):
+    """An S3 endpoint URL served by `python -m moto.server` on 127.0.0.1."""
+    pytest.importorskip("moto.server")
+    port = _free_port()
+    log = open(tmp_path_factory.mktemp("moto") / "moto.log", "wb")
+    proc = subprocess.Popen([sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", str(port)],
+                            stdout=log, stderr=log, stdin=subprocess.DEVNULL)
+    try:
+        wait_for(lambda: proc.poll() is not None or _answers(port), timeout=60, what="moto server")
+        if proc.poll() is not None:
+            pytest.skip(f"moto server exited with {proc.returncode}")
+        yield f"http://127.0.0.1:{port}"
+    finally:
+        proc.terminate()
+        proc.wait(10)
+        log.close()
+
+
+@pytest.fixture
+def s3_env(moto_server, monkeypatch):
+    """AWS settings pointing boto3 at the moto server, with a fresh bucket; its name."""
+    import uuid
+    for name, value in (("AWS_ENDPOINT_URL", moto_server), ("AWS_ACCESS_KEY_ID", "testing"),
+                        ("AWS_SECRET_ACCESS_KEY", "testing-secret-" + uuid.uuid4().hex[:8]),
+                        ("AWS_DEFAULT_REGION", "us-east-1")):
+        monkeypatch.setenv(name, value)
+    monkeypatch.delenv("AWS_PROFILE", raising=False)
+    import boto3
+    bucket = "deploy-" + uuid.uuid4().hex[:12]
+    boto3.client("s3").create_bucket(Bucket=bucket)
+    return bucket
+
+
+__all__ = ["ssh_hosts", "moto_server", "s3_env"]
