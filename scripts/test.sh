@@ -1,0 +1,29 @@
+#!/usr/bin/env bash
+# Install everything the test suite needs on a fresh Debian/Ubuntu machine, then run it.
+# Usage: scripts/test.sh [pytest args...]      (root, or sudo for the system packages)
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+as_root() { if [ "$(id -u)" = 0 ]; then "$@"; else sudo "$@"; fi; }
+
+# System packages: real sshd "hosts" for the SSH cluster tests, and the Python the hosts run.
+need=()
+[ -x /usr/sbin/sshd ] || need+=(openssh-server)
+command -v ssh-keygen >/dev/null || need+=(openssh-client)
+[ -x /usr/bin/python3 ] || need+=(python3)
+/usr/bin/python3 -c 'import venv, ensurepip' 2>/dev/null || need+=(python3-venv)
+/usr/bin/python3 -m pip --version >/dev/null 2>&1 || need+=(python3-pip)
+if [ ${#need[@]} -gt 0 ]; then
+    as_root apt-get update -qq
+    as_root env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${need[@]}" >/dev/null
+fi
+
+# The package with its test extras (pytest, moto's S3 server, ...).
+python3 -m pip install -q --disable-pip-version-check -e '.[test]'
+
+# Hadoop mini cluster jars from Maven Central (cached in ~/.m2 between runs).
+if [ -f tests/infra/hadoop/pom.xml ] && command -v mvn >/dev/null; then
+    python3 -m tests.infra.hadoop_cluster --resolve
+fi
+
+exec python3 -m pytest -q "$@"
