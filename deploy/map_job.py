@@ -149,23 +149,21 @@ def submit(function: Callable, items: Iterable[Any], call_style: str, *, name: s
 
     label = specs.function_label(function)
     workers = min(env.num_workers(), max_concurrent_tasks or env.num_workers())
-    size = chunk_size or specs.auto_chunk_size(len(params), workers)
+    bounds = None if chunk_size else specs.guided_bounds(len(params), workers)
     job_id = uuid.uuid4().hex[:16]
+    store = env.job_store(job_id)
     name = job_registry.reserve(name or f"{label}-{time.strftime('%Y%m%d-%H%M%S')}", job_id,
-                                explicit=name is not None)
+                                store.uri, env.name, label)
     spec = specs.JobSpec(
         id=job_id, name=name, created=time.time(), function_name=label,
-        task_count=len(params), chunk_size=size, max_retries=max_retries,
+        task_count=len(params), chunk_size=chunk_size, chunk_bounds=bounds, max_retries=max_retries,
         worker_retries=worker_retries, task_timeout=task_timeout, fail_fast=bool(fail_fast),
         combiner_name=specs.function_label(combiner_function) if combiner_function else None,
         environment=env.to_dict(), lease_seconds=float(settings["lease_seconds"]),
         heartbeat_seconds=float(settings["heartbeat_seconds"]), single=single,
         call_style=call_style)
-    store = None
     try:
-        store = env.job_store(job_id)
         write_job(store, spec, params, function_blob, combiner_blob)
-        job_registry.record(name, job_id, store.uri, env.name, label)
         functions = {"map": function}
         if combiner_function is not None:
             functions["combine"] = combiner_function
@@ -173,8 +171,7 @@ def submit(function: Callable, items: Iterable[Any], call_style: str, *, name: s
         store.put(layout.LAUNCH, json.dumps({"environment": env.to_dict(), "handle": handle,
                                              "time": time.time()}).encode())
     except BaseException:
-        if store is not None:
-            store.delete("")
+        store.delete("")
         job_registry.forget(name)
         raise
     return Job(store, name=name, environment=env, spec=spec)

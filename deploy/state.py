@@ -27,6 +27,7 @@ def connect() -> Iterator[sqlite3.Connection]:
         if fresh:
             os.chmod(path, 0o600)
         conn.execute("pragma journal_mode=wal")
+        conn.execute("pragma synchronous=normal")   # WAL stays consistent; commits skip fsync
         conn.executescript(_SCHEMA)
         yield conn
     finally:

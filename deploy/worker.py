@@ -304,7 +304,7 @@ def work(store_uri: str, processes: int = 1, functions: dict[str, Callable] | No
         ex.install_sigterm()
         Worker(store, spec, functions).run()
         return
-    pids = [fork_worker(store_uri, functions, detach=False) for _ in range(processes)]
+    pids = start_workers(store_uri, functions, processes, detach=False)
     forward = lambda signum, frame: [_signal(p, signum) for p in pids]
     signal.signal(signal.SIGTERM, forward)
     for pid in pids:
@@ -325,34 +325,54 @@ def _signal(pid: int, signum: int) -> None:
         pass
 
 
-def fork_worker(store_uri: str, functions: dict[str, Callable] | None, detach: bool,
-                stderr_path: str | None = None) -> int:
-    """Fork one worker process and return its pid. With `detach`, the worker is a
-    grandchild in its own session: it outlives the caller and leaves no zombie."""
+def start_workers(store_uri: str, functions: dict[str, Callable] | None, count: int,
+                  detach: bool, stderr_path: str | None = None) -> list[int]:
+    """Fork `count` workers for the job and return their pids. Detached workers are
+    grandchildren in a session of their own, each leading its own process group: they
+    outlive the caller, leave it no zombies, and `killpg` stops each with its tasks."""
+    if not detach:
+        pids = []
+        for _ in range(count):
+            pid = os.fork()
+            if pid == 0:
+                _worker_main(store_uri, functions, stderr_path, leader=False)
+            pids.append(pid)
+        return pids
     read_fd, write_fd = os.pipe()
-    pid = os.fork()
-    if pid:
+    middle = os.fork()
+    if middle:
         os.close(write_fd)
         with os.fdopen(read_fd, "rb") as pipe:
-            worker_pid = int(pipe.read() or b"0")
-        if detach:
-            os.waitpid(pid, 0)
-        return worker_pid or pid
-    code = 0
+            pids = [int(p) for p in pipe.read().split()]
+        os.waitpid(middle, 0)
+        return pids
     try:
         os.close(read_fd)
-        if detach:
-            os.setsid()
-            if os.fork():
-                os._exit(0)
-            os.setpgid(0, 0)        # the worker leads its own group: cancel kills it whole
-        os.write(write_fd, str(os.getpid()).encode())
-        os.close(write_fd)
+        os.setsid()
+        pids = []
+        for _ in range(count):
+            pid = os.fork()
+            if pid == 0:
+                os.close(write_fd)
+                _worker_main(store_uri, functions, stderr_path, leader=True)
+            os.setpgid(pid, pid)
+            pids.append(pid)
+        os.write(write_fd, " ".join(map(str, pids)).encode())
+    finally:
+        os._exit(0)
+
+
+def _worker_main(store_uri: str, functions: dict[str, Callable] | None,
+                 stderr_path: str | None, leader: bool) -> None:
+    """The body of a forked worker process; never returns."""
+    code = 0
+    try:
+        if leader:
+            os.setpgid(0, 0)
         signal.signal(signal.SIGINT, signal.SIG_IGN)
         _redirect_stdio(stderr_path)
         ex.install_sigterm()
-        store = open_store(store_uri)
-        Worker(store, functions=functions).run()
+        Worker(open_store(store_uri), functions=functions).run()
     except BaseException:
         import traceback
         traceback.print_exc()

@@ -55,6 +55,12 @@ class Environment(abc.ABC):
     def cancel(self, handle: dict[str, Any]) -> None:
         """Stop the workers started by `launch`, running tasks included."""
 
+    def wait_for_change(self, handle: dict[str, Any], timeout: float) -> None:
+        """Block up to `timeout` seconds while a job runs; return early when the environment
+        learns that something changed (a worker exited). Default: just sleep."""
+        import time
+        time.sleep(timeout)
+
     def stop(self) -> None:
         """Release what the environment holds (connections, instances); jobs are not touched."""
 

@@ -83,8 +83,9 @@ def _killpg(pid: int, sig: int) -> None:
         pass
 
 
-def wait_gone(pids: list[int], timeout: float) -> bool:
-    """Wait until none of `pids` runs (they need not be our children); True if all are gone."""
+def wait_gone(pids: list[int], timeout: float, any_exit: bool = False) -> bool:
+    """Wait until none of `pids` runs (or, with `any_exit`, one of them stops); they need
+    not be our children. True if that happened before `timeout`."""
     deadline = time.monotonic() + timeout
     fds = []
     for pid in pids:
@@ -100,6 +101,8 @@ def wait_gone(pids: list[int], timeout: float) -> bool:
                 return False
             # a pidfd turns readable when its process exits; zombies are checked above
             ready, _, _ = select.select(waiting, [], [], min(remaining, 0.05))
+            if ready and any_exit:
+                return True
             waiting = [fd for fd in waiting if fd not in ready]
         return True
     finally:
@@ -168,10 +171,9 @@ class LocalAsync(Environment):
         return local_job_store(job_id)
 
     def launch(self, launch: Launch) -> dict[str, Any]:
-        from ..worker import fork_worker
-        err = launch.store.local_path("workers.err")
-        pids = [fork_worker(launch.store.uri, launch.functions, detach=True, stderr_path=err)
-                for _ in range(launch.workers)]
+        from ..worker import start_workers
+        pids = start_workers(launch.store.uri, launch.functions, launch.workers, detach=True,
+                             stderr_path=launch.store.local_path("workers.err"))
         return {"host": HOST, "pids": pids}
 
     def alive(self, handle: dict[str, Any]) -> bool | None:
@@ -182,3 +184,12 @@ class LocalAsync(Environment):
     def cancel(self, handle: dict[str, Any]) -> None:
         if handle.get("host") == HOST:
             stop_process_groups(list(handle.get("pids", [])))
+
+    def wait_for_change(self, handle: dict[str, Any], timeout: float) -> None:
+        """Return when a worker exits (the last one exits as the job ends), or at timeout."""
+        pids = handle.get("pids", []) if handle.get("host") == HOST else []
+        alive = [p for p in pids if process_alive(p)]
+        if alive:
+            wait_gone(alive, timeout, any_exit=True)
+        else:
+            time.sleep(timeout)

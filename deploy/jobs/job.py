@@ -289,7 +289,7 @@ class Job:
             if not is_combiner and (index is None or not 0 <= index < spec.task_count
                                     or spec.task_name(index) != task_name):
                 raise KeyError(f"job {self.name!r} has no task {task_name!r}")
-            chunk = spec.chunk_count if is_combiner else index // spec.chunk_size
+            chunk = spec.chunk_count if is_combiner else spec.chunk_of(index)
             pieces = read_chunk_log(self._store, chunk)
             want = 0 if is_combiner else index
             return "".join(text.decode(errors="replace") for i, _, text in pieces if i == want)
@@ -318,6 +318,7 @@ class Job:
             self._follower = LogFollower(self._store, self.spec)
         follower = self._follower if stream else None
         delay = 0.005
+        env, handle = self.environment, (self._launch().get("handle") or {})
         try:
             while True:
                 status = self.get_status()
@@ -330,7 +331,10 @@ class Job:
                     return status
                 if deadline is not None and time.monotonic() >= deadline:
                     return status
-                time.sleep(delay)     # polling the store; nothing to block on portably
+                if env is not None:
+                    env.wait_for_change(handle, delay)
+                else:
+                    time.sleep(delay)     # polling the store; nothing to block on portably
                 delay = min(delay * 1.5, self._store.poll_seconds)
         finally:
             if bar is not None:

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import fnmatch
+import sqlite3
 import time
 from typing import TYPE_CHECKING
 
@@ -16,24 +17,19 @@ if TYPE_CHECKING:
 class JobRegistry:
     """`deploy.jobs.list()`, `deploy.jobs['name']` or `[index]`, `deploy.jobs.delete(...)`."""
 
-    def reserve(self, name: str, job_id: str, explicit: bool) -> str:
-        """Claim a unique job name: `name`, or `name-2`, `name-3`... when taken."""
+    def reserve(self, name: str, job_id: str, store_uri: str, environment: str, function: str) -> str:
+        """Record a new job under a unique name: `name`, or `name-2`, `name-3`... when taken."""
         with state.connect() as db:
             for n in range(1, 10000):
                 candidate = name if n == 1 else f"{name}-{n}"
                 try:
-                    db.execute("insert into jobs (name, id, store, created) values (?, ?, '', ?)",
-                               (candidate, job_id, time.time()))
+                    db.execute("insert into jobs (name, id, store, environment, function, created) "
+                               "values (?, ?, ?, ?, ?, ?)",
+                               (candidate, job_id, store_uri, environment, function, time.time()))
                     return candidate
-                except Exception as exc:
-                    if "UNIQUE" not in str(exc):
-                        raise
+                except sqlite3.IntegrityError:
+                    continue
         raise ValueError(f"too many jobs named {name!r}")
-
-    def record(self, name: str, job_id: str, store_uri: str, environment: str, function: str) -> None:
-        with state.connect() as db:
-            db.execute("update jobs set store=?, environment=?, function=? where name=? and id=?",
-                       (store_uri, environment, function, name, job_id))
 
     def forget(self, name: str) -> None:
         with state.connect() as db:

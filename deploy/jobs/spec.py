@@ -1,6 +1,7 @@
 """JobSpec: what a job is (job.json), how tasks are named and how they are cut into chunks."""
 from __future__ import annotations
 
+import bisect
 import dataclasses
 import json
 import math
@@ -20,7 +21,7 @@ class JobSpec:
     created: float
     function_name: str
     task_count: int
-    chunk_size: int
+    chunk_size: int | None                # uniform chunks of this size, or None: chunk_bounds
     max_retries: int = 0
     worker_retries: int = 2
     task_timeout: float | None = None
@@ -28,14 +29,27 @@ class JobSpec:
     combiner_name: str | None = None
     single: bool = False                  # deploy.job.create: get_results() is the one value
     call_style: str = "kwargs"            # fn(**item); "arg": fn(item); "args": fn(*item)
+    chunk_bounds: list[int] | None = None # first task of each chunk, then task_count
     environment: dict[str, Any] = dataclasses.field(default_factory=dict)
     lease_seconds: float = 30.0
     heartbeat_seconds: float = 2.0
     format_version: int = FORMAT_VERSION
 
+    def __post_init__(self) -> None:
+        if (self.chunk_size is None) == (self.chunk_bounds is None):
+            raise ValueError("a job spec has either chunk_size or chunk_bounds")
+
     @property
     def chunk_count(self) -> int:
+        if self.chunk_bounds is not None:
+            return len(self.chunk_bounds) - 1
         return math.ceil(self.task_count / self.chunk_size)
+
+    def chunk_of(self, index: int) -> int:
+        """The chunk that holds task `index`."""
+        if self.chunk_bounds is not None:
+            return bisect.bisect_right(self.chunk_bounds, index) - 1
+        return index // self.chunk_size
 
     @property
     def has_combiner(self) -> bool:
@@ -43,6 +57,8 @@ class JobSpec:
 
     def chunk_tasks(self, chunk: int) -> range:
         """Task indices of one chunk."""
+        if self.chunk_bounds is not None:
+            return range(self.chunk_bounds[chunk], self.chunk_bounds[chunk + 1])
         start = chunk * self.chunk_size
         return range(start, min(start + self.chunk_size, self.task_count))
 
@@ -79,10 +95,18 @@ def task_index(name: str) -> int | None:
     return int(idx) if sep and idx.isdigit() else None
 
 
-def auto_chunk_size(task_count: int, workers: int) -> int:
-    """About sixteen chunks per worker: enough to balance uneven tasks, few enough
-    that storage round trips stay small next to the work."""
-    return max(1, math.ceil(task_count / (max(1, workers) * 16)))
+def guided_bounds(task_count: int, workers: int) -> list[int]:
+    """Chunk boundaries for guided self-scheduling: each chunk takes a 1/(2W) share of the
+    tasks still left, down to a floor of 1/(64W) of all tasks. Big chunks first keep
+    storage round trips few for tiny tasks; small chunks last balance long ones."""
+    workers = max(1, workers)
+    floor = max(1, math.ceil(task_count / (workers * 64)))
+    bounds, start = [0], 0
+    while start < task_count:
+        size = max(floor, math.ceil((task_count - start) / (2 * workers)))
+        start = min(task_count, start + size)
+        bounds.append(start)
+    return bounds
 
 
 def function_label(fn: Any) -> str:
