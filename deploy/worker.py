@@ -21,6 +21,7 @@ from deploy.jobs import executor as ex
 from deploy.jobs import runner
 from deploy.jobs.results import C_FAILED, C_OK, ChunkResult, canceled
 from deploy.jobs.spec import JobSpec
+from deploy.processes import process_alive
 from deploy.store import Storage, layout, open_store
 
 DONE = "done"
@@ -32,16 +33,6 @@ def load_functions(store: Storage, spec: JobSpec) -> dict[str, Callable]:
     if spec.has_combiner:
         functions["combine"] = pickle.loads(store.get(layout.COMBINER))
     return functions
-
-
-def pid_alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
 
 
 class Worker:
@@ -90,7 +81,7 @@ class Worker:
             hb = json.loads(self.store.get(layout.heartbeat(owner)))
         except (FileNotFoundError, ValueError):
             hb = None
-        if hb and hb.get("host") == runner.HOST and not pid_alive(int(hb["pid"])):
+        if hb and hb.get("host") == runner.HOST and not process_alive(int(hb["pid"])):
             return True
         mark = hb.get("seq") if hb else None
         now = time.monotonic()

@@ -8,7 +8,7 @@ import time
 
 import deploy
 from deploy.environment import LocalAsync
-from deploy.environments.local import process_alive
+from deploy.processes import process_alive
 from waiting import wait_for
 
 
