@@ -29,7 +29,7 @@ def deploy_home(tmp_path, monkeypatch):
 def _stop_leftover_workers(home):
     """A failing test must not leave detached workers running into the next one."""
     import json
-    from deploy.environments.local import stop_process_groups
+    from deploy.processes import stop_process_groups
     jobs = home / "jobs"
     if not jobs.is_dir():
         return
