@@ -7,7 +7,6 @@ them in the calling process (the `Local` environment, for debugging).
 from __future__ import annotations
 
 import contextlib
-import io
 import mmap
 import os
 import pickle

@@ -1,7 +1,7 @@
 """Tests of the real-sshd test hosts (tests/infra/sshd_hosts.py).
 
-Needs root, openssh-server and Debian's python3 + python3-venv + python3-pip; skipped
-otherwise.  Creates (once, kept) the Unix users deployt1..deployt3 and deploytz1.
+Needs root, openssh-server and Debian's python3 + python3-venv + python3-pip (scripts/test.sh
+installs them); fails otherwise.  Creates (once, kept) the Unix users deployt1..deployt3 and deploytz1.
 """
 
 from __future__ import annotations
@@ -252,7 +252,6 @@ def test_ssh_config_aliases_work_with_paramiko(hosts):
             c.close()
 
 
-@pytest.mark.skipif(shutil.which("ssh") is None, reason="no OpenSSH client")
 def test_ssh_config_aliases_work_with_openssh_client(hosts):
     for h in hosts:
         res = subprocess.run(["ssh", "-F", str(hosts.ssh_config_path), h.alias, "whoami"],
