@@ -45,10 +45,34 @@ def _parameters(parameter_set: Any, max_tasks: int, dicts: bool = True) -> list:
     return params
 
 
-def _pickle_callable(fn: Any, what: str, env: Environment) -> bytes:
+class _Counter:
+    """A file that only counts what is written: sizes a pickle without making it."""
+
+    def __init__(self) -> None:
+        self.size = 0
+
+    def write(self, data: Any) -> int:
+        n = memoryview(data).nbytes
+        self.size += n
+        return n
+
+
+def pickled_size(fn: Any) -> int:
+    """Bytes cloudpickle would write for `fn`; large buffers (numpy arrays) are not copied."""
+    import cloudpickle
+    counter = _Counter()
+    cloudpickle.CloudPickler(counter, protocol=pickle.HIGHEST_PROTOCOL).dump(fn)
+    return counter.size
+
+
+def _pickle_callable(fn: Any, what: str, env: Environment, limit_mb: float) -> bytes | None:
+    """The callable's pickle for the job directory; None when the environment shares it by
+    fork and it is larger than `limit_mb` (it is still checked to be picklable)."""
     if not callable(fn):
         raise TypeError(f"{what} must be callable, got {type(fn).__name__}")
     try:
+        if env.shares_memory and pickled_size(fn) > limit_mb * 1024 * 1024:
+            return None
         return env.serialize(fn)
     except Exception as exc:
         raise TypeError(f"{what} {getattr(fn, '__name__', fn)!r} cannot be sent to workers: "
@@ -143,9 +167,11 @@ def submit(function: Callable, items: Iterable[Any], call_style: str, *, name: s
         _check_combiner(combiner_function)
     params = _parameters(items, max_tasks, dicts=call_style == "kwargs")
     env = resolve_environment(environment)
-    function_blob = _pickle_callable(function, "function", env)
-    combiner_blob = (_pickle_callable(combiner_function, "combiner_function", env)
+    limit = float(settings["max_function_mb"])
+    function_blob = _pickle_callable(function, "function", env, limit)
+    combiner_blob = (_pickle_callable(combiner_function, "combiner_function", env, limit)
                      if combiner_function is not None else None)
+    stored = function_blob is not None and (combiner_function is None or combiner_blob is not None)
 
     label = specs.function_label(function)
     workers = min(env.num_workers(), max_concurrent_tasks or env.num_workers())
@@ -161,7 +187,7 @@ def submit(function: Callable, items: Iterable[Any], call_style: str, *, name: s
         combiner_name=specs.function_label(combiner_function) if combiner_function else None,
         environment=env.to_dict(), lease_seconds=float(settings["lease_seconds"]),
         heartbeat_seconds=float(settings["heartbeat_seconds"]), single=single,
-        call_style=call_style)
+        call_style=call_style, function_stored=stored)
     try:
         write_job(store, spec, params, function_blob, combiner_blob)
         functions = {"map": function}
@@ -177,13 +203,14 @@ def submit(function: Callable, items: Iterable[Any], call_style: str, *, name: s
     return Job(store, name=name, environment=env, spec=spec)
 
 
-def write_job(store: Any, spec: specs.JobSpec, params: list[dict], function_blob: bytes,
+def write_job(store: Any, spec: specs.JobSpec, params: list, function_blob: bytes | None,
               combiner_blob: bytes | None) -> None:
     """Write the job directory; job.json goes last, so a job without it was never whole."""
     for chunk in range(spec.chunk_count):
         tasks = spec.chunk_tasks(chunk)
         store.put(layout.inputs(chunk), _dump_chunk(params[tasks.start:tasks.stop], tasks.start))
-    store.put(layout.FUNCTION, function_blob)
-    if combiner_blob is not None:
-        store.put(layout.COMBINER, combiner_blob)
+    if spec.function_stored:
+        store.put(layout.FUNCTION, function_blob)
+        if combiner_blob is not None:
+            store.put(layout.COMBINER, combiner_blob)
     store.put(layout.SPEC, spec.to_json())

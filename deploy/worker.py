@@ -29,6 +29,10 @@ DONE = "done"
 
 def load_functions(store: Storage, spec: JobSpec) -> dict[str, Callable]:
     """The job's pickled function (and combiner), loaded from the job directory."""
+    if not spec.function_stored:
+        raise RuntimeError(f"job {spec.name}: its function was too large to keep in the job "
+                           "directory (max_function_mb) and only the workers forked by its "
+                           "creator had it")
     functions = {"map": pickle.loads(store.get(layout.FUNCTION))}
     if spec.has_combiner:
         functions["combine"] = pickle.loads(store.get(layout.COMBINER))

@@ -32,3 +32,24 @@ def test_closure_over_large_object_is_not_copied_per_worker():
     assert [r[0] for r in results] == [1000] * 8
     # each task process holds far less than the 256 MB object privately
     assert max(r[1] for r in results) < 100, results
+
+
+def test_large_closure_is_not_copied_into_the_job_directory(monkeypatch):
+    import os
+
+    import pytest
+
+    from deploy.errors import JobError
+    monkeypatch.setenv("DEPLOY_MAX_FUNCTION_MB", "1")
+    big = b"y" * (8 * 1024 * 1024)
+    job = deploy.map_job.create(lambda i: big[i], [{"i": 0}, {"i": 1}])
+    assert job.get_results() == [ord("y")] * 2
+    assert not os.path.exists(job._store.local_path("function.pkl"))
+    job.cancel()
+    with pytest.raises(JobError, match="cannot be resumed"):
+        job._store.delete("results/000000")
+        job.resume()
+
+    small = deploy.map_job.create(lambda i: i, [{"i": 3}])
+    assert small.get_results() == [3]
+    assert os.path.exists(small._store.local_path("function.pkl"))

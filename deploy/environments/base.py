@@ -28,6 +28,7 @@ class Environment(abc.ABC):
     """Plain data (a name and settings) plus the verbs to start and stop workers."""
 
     kind: str = ""
+    shares_memory = False   # workers are forks of the caller: they hold the function already
 
     def __init__(self, name: str) -> None:
         if not isinstance(name, str) or not NAME_PATTERN.match(name):

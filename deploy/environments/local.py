@@ -27,6 +27,7 @@ class Local(Environment):
     the job is done. For debugging: breakpoints and prints work as usual."""
 
     kind = "local"
+    shares_memory = True
 
     def __init__(self, name: str = "local") -> None:
         super().__init__(name)
@@ -59,6 +60,7 @@ class LocalAsync(Environment):
     """
 
     kind = "local-async"
+    shares_memory = True
 
     def __init__(self, name: str = "async", num_workers: int | None = None) -> None:
         super().__init__(name)

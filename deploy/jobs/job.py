@@ -385,6 +385,10 @@ class Job:
         env = self.environment
         if env is None:
             raise JobError(f"job {self.name!r}: its environment cannot be rebuilt to resume it")
+        if not spec.function_stored:
+            raise JobError(f"job {self.name!r} cannot be resumed: its function was larger than "
+                           "max_function_mb and was not kept (the workers had it by fork); "
+                           "create the job again")
         self._refresh()
         redo = [c for c in range(spec.chunk_count)
                 if c not in self._chunks or C_CANCELED in self._chunks[c].status

@@ -30,6 +30,7 @@ class JobSpec:
     single: bool = False                  # deploy.job.create: get_results() is the one value
     call_style: str = "kwargs"            # fn(**item); "arg": fn(item); "args": fn(*item)
     chunk_bounds: list[int] | None = None # first task of each chunk, then task_count
+    function_stored: bool = True          # False: too large to keep, workers got it by fork
     environment: dict[str, Any] = dataclasses.field(default_factory=dict)
     lease_seconds: float = 30.0
     heartbeat_seconds: float = 2.0
