@@ -7,7 +7,6 @@ standard library, cloudpickle and the store it is pointed at.
 """
 from __future__ import annotations
 
-import argparse
 import json
 import os
 import pickle
@@ -230,7 +229,7 @@ class Worker:
         first = attempt + 1
         try:
             result = self.executor.run("combine", "kwargs",
-                                       [(0, values, first, first + self.spec.max_retries)],
+                                       runner.Batch([0], [values], first, first + self.spec.max_retries),
                                        local, self.poll)
         except ex.Interrupted as stop:
             result = stop.result
@@ -385,6 +384,7 @@ def _redirect_stdio(stderr_path: str | None) -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
+    import argparse
     parser = argparse.ArgumentParser(prog="python -m deploy.worker", description=__doc__)
     parser.add_argument("store_uri", help="the job directory, e.g. file:///path or hdfs://...")
     parser.add_argument("--processes", type=int, default=1, help="worker processes to run")

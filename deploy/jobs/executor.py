@@ -19,18 +19,31 @@ from typing import Any, Callable
 
 from . import runner
 from .results import C_FAILED, ChunkResult, canceled
-from .runner import Call
+from .runner import Batch, Slot
 
-_SLOT = struct.Struct("qqd")   # the running call: position in the batch, attempt, start time
-_IDLE = _SLOT.pack(-1, 0, 0.0)
 _LEN = struct.Struct("!Q")
 _FLUSH_SECONDS = 0.5
+
+
+def _find_prctl() -> Callable | None:
+    """prctl, resolved once in the worker: a task process inherits it instead of paying
+    for `import ctypes` at every start."""
+    if not sys.platform.startswith("linux"):
+        return None
+    try:
+        import ctypes
+        return ctypes.CDLL(None, use_errno=True).prctl
+    except (OSError, AttributeError):
+        return None
+
+
+_PRCTL = _find_prctl()
 
 
 class Interrupted(Exception):
     """The batch was stopped (cancel); `result` holds the finished calls, `unrun` the rest."""
 
-    def __init__(self, result: ChunkResult, unrun: list[Call]) -> None:
+    def __init__(self, result: ChunkResult, unrun: Batch) -> None:
         super().__init__("interrupted")
         self.result, self.unrun = result, unrun
 
@@ -47,8 +60,9 @@ def install_sigterm() -> None:
     signal.signal(signal.SIGTERM, _raise_terminated)
 
 
-def canceled_calls(calls: list[Call], why: str, worker: str) -> ChunkResult:
-    return canceled([c[0] for c in calls], [c[2] for c in calls], why, runner.HOST, worker)
+def canceled_calls(batch: Batch, why: str, worker: str) -> ChunkResult:
+    return canceled(batch.indices, [batch.attempts(p)[0] for p in range(len(batch))], why,
+                    runner.HOST, worker)
 
 
 # ---------------------------------------------------------------------------- inline
@@ -59,10 +73,10 @@ class InlineExecutor:
     def __init__(self, functions: dict[str, Callable], task_timeout: float | None, worker: str) -> None:
         self.functions, self.task_timeout, self.worker = functions, task_timeout, worker
 
-    def run(self, kind: str, style: str, calls: list[Call] | tuple, log_path: str,
+    def run(self, kind: str, style: str, batch: Batch | tuple, log_path: str,
             poll: Callable[[], bool]) -> ChunkResult:
         fn, result = self.functions[kind], ChunkResult(runner.HOST, self.worker)
-        calls = _calls(calls)
+        batch = _batch(batch)
         fd = os.open(log_path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o600)
         output = runner.TaskOutput(fd)
         stop: list[int] = []
@@ -77,9 +91,9 @@ class InlineExecutor:
         try:
             with contextlib.redirect_stdout(output.stdout), contextlib.redirect_stderr(output.stderr), \
                     _alarm() as arm:
-                runner.run_calls(fn, calls, result, style, runner.Hooks(output=output, before=before))
+                runner.run_calls(fn, batch, result, style, runner.Hooks(output=output, before=before))
         except _Stop:
-            raise Interrupted(result, calls[stop[0]:]) from None
+            raise Interrupted(result, batch.take(range(stop[0], len(batch)))) from None
         finally:
             os.close(fd)
         return result
@@ -143,16 +157,12 @@ def _recv(fd: int) -> Any:
 
 def _die_with_parent() -> None:
     """Linux: have the kernel kill this child when the worker that forked it dies."""
-    if sys.platform.startswith("linux"):
-        try:
-            import ctypes
-            ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
-        except (OSError, AttributeError):
-            pass
+    if _PRCTL is not None:
+        _PRCTL(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
 
 
 def _child_main(functions: dict[str, Callable], worker: str, tasks_fd: int, rows_fd: int,
-                slot: mmap.mmap) -> None:
+                slot: Slot) -> None:
     """The task process: runs batches sent by the worker, streams their rows back."""
     _die_with_parent()
     signal.signal(signal.SIGTERM, signal.SIG_DFL)
@@ -164,8 +174,8 @@ def _child_main(functions: dict[str, Callable], worker: str, tasks_fd: int, rows
         msg = _recv(tasks_fd)
         if msg is None:
             os._exit(0)
-        kind, style, calls, log_path = msg
-        calls = _calls(calls)
+        kind, style, batch, log_path = msg
+        batch = _batch(batch)
         log_fd = os.open(log_path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o600)
         os.dup2(log_fd, 1)
         os.dup2(log_fd, 2)
@@ -173,16 +183,16 @@ def _child_main(functions: dict[str, Callable], worker: str, tasks_fd: int, rows
         output = runner.TaskOutput(1, 2)
         # the caller's sys.stdout may be anything (a notebook's stream, a test's capture)
         sys.stdout, sys.stderr = output.stdout, output.stderr
-        batch = ChunkResult(runner.HOST, worker)
+        result = ChunkResult(runner.HOST, worker)
 
         def flush() -> None:
-            _send(rows_fd, b"P" + runner.dumps_result(batch))   # P: part of the batch
-            batch.clear()
+            _send(rows_fd, b"P" + runner.dumps_result(result))   # P: part of the batch
+            result.clear()
 
-        runner.run_calls(functions[kind], calls, batch, style,
-                         runner.Hooks(slot, _SLOT.pack_into, output, flush, _FLUSH_SECONDS))
-        slot[:_SLOT.size] = _IDLE
-        _send(rows_fd, b"D" + runner.dumps_result(batch))     # D: the batch is done
+        runner.run_calls(functions[kind], batch, result, style,
+                         runner.Hooks(slot, output, flush, _FLUSH_SECONDS))
+        slot.set_idle()
+        _send(rows_fd, b"D" + runner.dumps_result(result))     # D: the batch is done
 
 
 class ForkExecutor:
@@ -195,12 +205,12 @@ class ForkExecutor:
     def __init__(self, functions: dict[str, Callable], task_timeout: float | None, worker: str) -> None:
         self.functions, self.task_timeout, self.worker = functions, task_timeout, worker
         self.pid: int | None = None
-        self.slot = mmap.mmap(-1, _SLOT.size)
+        self.slot = Slot(mmap.mmap(-1, Slot.SIZE))
 
     def _start(self) -> None:
         tasks_r, tasks_w = os.pipe()
         rows_r, rows_w = os.pipe()
-        self.slot[:_SLOT.size] = _IDLE
+        self.slot.set_idle()
         pid = os.fork()
         if pid == 0:
             try:
@@ -233,12 +243,12 @@ class ForkExecutor:
         if self.pid is not None:
             self._kill()
 
-    def run(self, kind: str, style: str, calls: list[Call] | tuple, log_path: str,
+    def run(self, kind: str, style: str, batch: Batch | tuple, log_path: str,
             poll: Callable[[], bool]) -> ChunkResult:
-        """Run `calls`: a list, or (input file bytes, first index, first and last attempt),
-        which goes to the task process as it is."""
+        """Run `batch`: a Batch, or (input file bytes, first index, first and last attempt),
+        which goes to the task process as it is (the worker never unpickles inputs)."""
         result = ChunkResult(runner.HOST, self.worker)
-        pending: Any = calls
+        pending: Any = batch
         while pending:
             if self.pid is None:
                 self._start()
@@ -250,7 +260,7 @@ class ForkExecutor:
                     ready, _, _ = select.select([self.rows_fd], [], [], 0.2)
                 except Terminated:
                     self._kill()
-                    raise Interrupted(result, _calls(sent)[received:]) from None
+                    raise Interrupted(result, _rest(sent, received)) from None
                 if ready:
                     msg = self._read_batch()
                     if msg is not None:
@@ -260,20 +270,20 @@ class ForkExecutor:
                         if done:
                             break
                         continue
-                    running = _SLOT.unpack(self.slot[:_SLOT.size])
+                    running = self.slot.read()
                     how = self._kill()
-                    pending = self._after_loss(_calls(sent), received, running, result,
+                    pending = self._after_loss(_batch(sent), received, running, result,
                                                "WorkerLost", f"the process running the task {how}")
                     break
-                running = _SLOT.unpack(self.slot[:_SLOT.size])
+                running = self.slot.read()
                 if self.task_timeout and running[0] >= 0 and time.time() - running[2] > self.task_timeout:
                     self._kill()
-                    pending = self._after_loss(_calls(sent), received, running, result, "TimeoutError",
+                    pending = self._after_loss(_batch(sent), received, running, result, "TimeoutError",
                                                f"task exceeded its timeout of {self.task_timeout:g} s")
                     break
                 if not poll():
                     self._kill()
-                    raise Interrupted(result, _calls(sent)[received:])
+                    raise Interrupted(result, _rest(sent, received))
         return result
 
     def _read_batch(self) -> tuple[ChunkResult, bool] | None:
@@ -283,22 +293,31 @@ class ForkExecutor:
             return None
         return ChunkResult.from_dict(pickle.loads(body[1:])), body[:1] == b"D"
 
-    def _after_loss(self, sent: list[Call], received: int, running: tuple[int, int, float],
-                    result: ChunkResult, exc_type: str, message: str) -> list[Call]:
+    def _after_loss(self, sent: Batch, received: int, running: tuple[int, int, float],
+                    result: ChunkResult, exc_type: str, message: str) -> Batch | None:
         """The child is gone mid-batch: the call it was running fails (or is retried);
         calls it finished but had not reported yet run again. Returns what is left."""
-        pos, attempt, start = running
+        pos, retry_attempt, start = running
         if pos < received:          # died between calls: nothing to blame
-            return sent[received:]
-        index, kwargs, _, last = sent[pos]
+            return sent.take(range(received, len(sent))) if received < len(sent) else None
+        first, last = sent.attempts(pos)
+        attempt = retry_attempt or first
+        keep = list(range(received, len(sent)))
         if attempt < last:
-            retry = [(index, kwargs, attempt + 1, last)]
+            rest = sent.take(keep)
+            rest.first[keep.index(pos)] = attempt + 1
         else:
-            retry = []
-            result.add(index, C_FAILED, start, time.time(), attempt, 0.0, None,
+            result.add(sent.indices[pos], C_FAILED, start, time.time(), attempt, 0.0, None,
                        (exc_type, message, None))
-        return sent[received:pos] + retry + sent[pos + 1:]
+            keep.remove(pos)
+            rest = sent.take(keep)
+        return rest if len(rest) else None
 
 
-def _calls(sent: list[Call] | tuple) -> list[Call]:
-    return runner.inputs_to_calls(*sent) if isinstance(sent, tuple) else list(sent)
+def _batch(sent: Batch | tuple) -> Batch:
+    return Batch.from_inputs(*sent) if isinstance(sent, tuple) else sent
+
+
+def _rest(sent: Batch | tuple, received: int) -> Batch:
+    batch = _batch(sent)
+    return batch.take(range(received, len(batch)))

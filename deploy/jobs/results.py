@@ -6,6 +6,7 @@ with the values' classes can read it without deploy.
 from __future__ import annotations
 
 import array
+import operator
 from typing import Any, Callable, Iterator
 
 COMPLETED, FAILED, CANCELED = "Completed", "Failed", "Canceled"
@@ -61,9 +62,10 @@ class ChunkResult:
 
     def sorted(self) -> "ChunkResult":
         """The same rows in task order (rows arrive out of order after a lost task process)."""
-        order = sorted(range(len(self.index)), key=self.index.__getitem__)
-        if order == list(range(len(order))):
+        index = self.index
+        if all(map(operator.lt, index, index[1:])):
             return self
+        order = sorted(range(len(index)), key=index.__getitem__)
         out = ChunkResult(self.host, self.worker)
         for pos in order:
             out.add(self.index[pos], self.status[pos], self.start[pos], self.end[pos],

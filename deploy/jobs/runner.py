@@ -11,27 +11,50 @@ import os
 import pickle
 import re
 import resource
-import socket
 import sys
 import time
-import traceback
-from typing import Any, Callable
+from typing import Any, Callable, Sequence
 
 from .results import C_FAILED, C_OK, ChunkResult
 
 LOG_MARK = b"\x1e"   # a log line starting with this names the task whose output follows
-HOST = os.environ.get("DEPLOY_HOST_LABEL") or socket.gethostname()
+HOST = os.environ.get("DEPLOY_HOST_LABEL") or os.uname().nodename
 _MARKER = re.compile(rb"\x1e(-?\d+) (\d+)(?: @(\d+))?\n")
 _SLOW = 0.001        # tasks longer than this get their own memory sample
 _FD_CHECK = 20e-6    # tasks longer than this are checked for output written around Python
 
-Call = tuple         # (task_index, item, attempt, last_attempt)
 STYLES = ("kwargs", "arg", "args")
 
 
-def inputs_to_calls(raw: bytes, base: int, first: int, last: int) -> list[Call]:
-    """A published input chunk (a pickled list of items) as calls; indices start at `base`."""
-    return [(base + pos, item, first, last) for pos, item in enumerate(pickle.loads(raw))]
+class Batch:
+    """Tasks to run in order: their indices, items, first and last allowed attempts.
+    Attempts are ints when the same for all (a chunk), lists otherwise (a retry)."""
+
+    __slots__ = ("indices", "items", "first", "last")
+
+    def __init__(self, indices: Sequence[int], items: list, first: int | list[int],
+                 last: int | list[int]) -> None:
+        self.indices, self.items, self.first, self.last = indices, items, first, last
+
+    @classmethod
+    def from_inputs(cls, raw: bytes, base: int, first: int, last: int) -> "Batch":
+        """A published input chunk (a pickled list of items) whose first task is `base`."""
+        items = pickle.loads(raw)
+        return cls(range(base, base + len(items)), items, first, last)
+
+    def __len__(self) -> int:
+        return len(self.items)
+
+    def attempts(self, pos: int) -> tuple[int, int]:
+        if isinstance(self.first, int):
+            return self.first, self.last
+        return self.first[pos], self.last[pos]
+
+    def take(self, positions: Sequence[int]) -> "Batch":
+        """The calls at `positions`, in order, with attempts as lists (so they can change)."""
+        return Batch([self.indices[p] for p in positions], [self.items[p] for p in positions],
+                     [self.attempts(p)[0] for p in positions],
+                     [self.attempts(p)[1] for p in positions])
 
 
 def dumps(obj: Any) -> bytes:
@@ -52,6 +75,7 @@ def dumps_result(result: ChunkResult) -> bytes:
             try:
                 dumps(value)
             except Exception as exc:
+                import traceback
                 result.values[pos] = None
                 result.status[pos] = C_FAILED
                 result.errors[pos] = (type(exc).__name__, f"the task's return value cannot be "
@@ -71,68 +95,101 @@ def worker_id() -> str:
 class Hooks:
     """What the task loop reports to, besides the result: all optional.
 
-    `slot`/`pack`: shared memory where the running call's position, attempt and start go
-    (the worker reads it for timeouts and lost task processes); `output`: the TaskOutput
-    that attributes printed output; `flush(now)`: called after a call once `flush_every`
-    seconds passed since the last flush; `before(pos)`: called before each call.
+    `slot`: shared memory the worker reads for timeouts and lost task processes (see
+    `Slot`); `output`: the TaskOutput that attributes printed output; `flush()`: called
+    after a call once `flush_every` seconds passed since the last; `before(pos)`: called
+    before each call.
     """
 
-    def __init__(self, slot: Any = None, pack: Callable | None = None,
-                 output: "TaskOutput | None" = None, flush: Callable[[], None] | None = None,
-                 flush_every: float = 0.5, before: Callable[[int], None] | None = None) -> None:
-        self.slot, self.pack, self.output = slot, pack, output
-        self.flush, self.flush_every, self.before = flush, flush_every, before
+    def __init__(self, slot: "Slot | None" = None, output: "TaskOutput | None" = None,
+                 flush: Callable[[], None] | None = None, flush_every: float = 0.5,
+                 before: Callable[[int], None] | None = None) -> None:
+        self.slot, self.output, self.flush = slot, output, flush
+        self.flush_every, self.before = flush_every, before
 
 
-def run_calls(fn: Callable, calls: list[Call], result: ChunkResult, style: str, hooks: Hooks) -> None:
-    """Run each call as fn(**item), fn(item) or fn(*item) per `style`, re-running it while
+class Slot:
+    """Where the task process shows what it runs: position in the batch, the attempt when
+    it is a retry (else 0), and the start time. Shared memory: no system call per task."""
+
+    SIZE = 24
+
+    def __init__(self, memory: Any) -> None:
+        self.ints = memoryview(memory)[:16].cast("q")
+        self.start = memoryview(memory)[16:24].cast("d")
+
+    def set_idle(self) -> None:
+        self.ints[0], self.ints[1], self.start[0] = -1, 0, 0.0
+
+    def read(self) -> tuple[int, int, float]:
+        return self.ints[0], self.ints[1], self.start[0]
+
+
+def run_calls(fn: Callable, batch: Batch, result: ChunkResult, style: str, hooks: Hooks) -> None:
+    """Run each task as fn(**item), fn(item) or fn(*item) per `style`, re-running it while
     it raises and attempts remain, into `result`. This loop is the per-task overhead of
-    every job, so the bookkeeping is inline rather than in callbacks."""
+    every job, so its bookkeeping is inline and it reads the clock once per task: a task
+    starts when the one before it ended."""
     kwargs_style, one_arg = style == "kwargs", style == "arg"
     now = time.time
     memory = peak_memory_mb()
     add_index, add_status, add_start = result.index.append, result.status.append, result.start.append
     add_end, add_attempt = result.end.append, result.attempt.append
     add_memory, add_value = result.memory.append, result.values.append
-    slot, pack, output, before, flush = hooks.slot, hooks.pack, hooks.output, hooks.before, hooks.flush
-    flush_every = hooks.flush_every
-    flushed = now()
-    for pos, (index, item, attempt, last) in enumerate(calls):
+    output, before, flush, flush_every = hooks.output, hooks.before, hooks.flush, hooks.flush_every
+    slot = hooks.slot
+    ints = slot.ints if slot is not None else [0, 0]
+    starts = slot.start if slot is not None else [0.0]
+    indices, uniform = batch.indices, isinstance(batch.first, int)
+    attempt, last = (batch.first, batch.last) if uniform else (0, 0)
+    start = flushed = now()
+    for pos, item in enumerate(batch.items):
         if before is not None:
             before(pos)
-        while True:
             start = now()
-            if slot is not None:
-                pack(slot, 0, pos, attempt, start)
-            if output is not None:
-                output.task, output.marked = (index, attempt), False
+        if not uniform:
+            attempt, last = batch.first[pos], batch.last[pos]
+        ints[0] = pos
+        starts[0] = start
+        if output is not None:
+            output.task, output.marked = (indices[pos], attempt), False
+        tried = attempt
+        while True:
             try:
                 value = fn(**item) if kwargs_style else fn(item) if one_arg else fn(*item)
             except Exception as exc:
                 end = now()
-                if attempt < last:
-                    attempt += 1
+                if tried < last:
+                    tried += 1
+                    ints[1] = tried
+                    start = starts[0] = end
+                    if output is not None:
+                        output.task, output.marked = (indices[pos], tried), False
                     continue
                 memory = peak_memory_mb()
-                result.add(index, C_FAILED, start, end, attempt, memory, None,
+                import traceback
+                result.add(indices[pos], C_FAILED, start, end, tried, memory, None,
                            (type(exc).__name__, str(exc), traceback.format_exc()))
             else:
                 end = now()
                 if end - start > _SLOW:
                     memory = peak_memory_mb()
-                add_index(index)
+                add_index(indices[pos])
                 add_status(C_OK)
                 add_start(start)
                 add_end(end)
-                add_attempt(attempt)
+                add_attempt(tried)
                 add_memory(memory)
                 add_value(value)
             break
+        if tried != attempt:
+            ints[1] = 0
         if output is not None and (output.marked or end - start > _FD_CHECK):
             output.end()
         if flush is not None and end - flushed > flush_every:
             flush()
             flushed = end
+        start = end
 
 
 # ---------------------------------------------------------------------------- output

@@ -101,6 +101,9 @@ def guided_bounds(task_count: int, workers: int) -> list[int]:
     tasks still left, down to a floor of 1/(64W) of all tasks. Big chunks first keep
     storage round trips few for tiny tasks; small chunks last balance long ones."""
     workers = max(1, workers)
+    if task_count <= 2 * workers:          # a tiny job: one chunk per worker, no more round trips
+        size = math.ceil(task_count / workers)
+        return list(range(0, task_count, size)) + [task_count]
     floor = max(1, math.ceil(task_count / (workers * 64)))
     bounds, start = [0], 0
     while start < task_count:

@@ -11,7 +11,7 @@ from .base import Storage
 class LocalStorage(Storage):
     """A job store in a directory of this machine; directories are private to the user."""
 
-    poll_seconds = 0.02
+    poll_seconds = 0.25          # LocalAsync also wakes waiters when a worker exits
 
     def __init__(self, root: str) -> None:
         self.root = os.path.abspath(os.path.expanduser(root))
