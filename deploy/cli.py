@@ -116,6 +116,9 @@ def cmd_run(args: argparse.Namespace) -> int:
             env = environments[args.env]
         except EnvironmentNotFound as exc:
             raise UsageError(str(exc)) from None
+        if args.detach and getattr(env, "needs_client", False):
+            raise UsageError(f"environment {args.env!r} relays its jobs through this process, which "
+                             "--detach would end: give it a shared store (or do not detach)")
     options = {k: v for k, v in (("max_retries", args.max_retries), ("task_timeout", args.task_timeout),
                                  ("chunk_size", args.chunk_size), ("fail_fast", args.fail_fast or None),
                                  ("max_concurrent_tasks", args.max_concurrent_tasks)) if v is not None}
@@ -249,6 +252,26 @@ def cmd_envs_create_ssh(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+def cmd_envs_create_hadoop(args: argparse.Namespace) -> int:
+    import deploy
+    options = {"pip_options": args.pip_option}
+    for key in ("hadoop_conf_dir", "webhdfs_url", "resourcemanager_url", "user", "queue",
+                "python", "python_env", "distributed_shell_jar"):
+        if getattr(args, key):
+            options[key] = getattr(args, key)
+    for key, value in (("num_containers", args.containers), ("container_size", args.container_size),
+                       ("num_vcores", args.vcores)):
+        if value is not None:
+            options[key] = value
+    try:
+        env = deploy.hadoop_cluster.create(args.name, dist_path=args.dist_path,
+                                           additional_packages=args.package, **options)
+    except (TypeError, ValueError) as exc:
+        raise UsageError(str(exc)) from None
+    print(f"saved {env!r}: {env.num_workers()} workers")
+    return EXIT_OK
+
+
 def _one(args: argparse.Namespace, action: str) -> str:
     if len(args.rest) != 1:
         raise UsageError(f"deploy envs {action} takes one environment name")
@@ -323,6 +346,29 @@ def build_parser() -> argparse.ArgumentParser:
     ssh.add_argument("--forward-env", action="append", default=[],
                      help="environment variable to pass from here to the workers; repeatable")
     ssh.set_defaults(handler=cmd_envs_create_ssh)
+    hadoop = kinds.add_parser("hadoop", help="YARN containers, the job directory on HDFS")
+    hadoop.add_argument("name")
+    hadoop.add_argument("--dist-path", required=True,
+                        help="HDFS directory for jobs and the runtime, e.g. hdfs:///user/me/deploy")
+    hadoop.add_argument("--hadoop-conf-dir", help="directory of core-/hdfs-/yarn-site.xml "
+                                                  "(default: $HADOOP_CONF_DIR)")
+    hadoop.add_argument("--webhdfs-url", help="NameNode web address(es), http://host:9870[,...]")
+    hadoop.add_argument("--resourcemanager-url", help="ResourceManager web address(es), "
+                                                      "http://host:8088[,...]")
+    hadoop.add_argument("--user", help="Hadoop user (default: $HADOOP_USER_NAME or the login)")
+    hadoop.add_argument("--containers", type=int, help="YARN containers per job (default: 2)")
+    hadoop.add_argument("--container-size", type=int, help="MB per container (default: 2048)")
+    hadoop.add_argument("--vcores", type=int, help="cores (and workers) per container (default: 1)")
+    hadoop.add_argument("--queue", help="YARN queue (default: the cluster's)")
+    hadoop.add_argument("--python", help="Python on every node (default: python3)")
+    hadoop.add_argument("--python-env", help="packed environment archive (.tar.gz), local or hdfs://")
+    hadoop.add_argument("--distributed-shell-jar", help="DistributedShell jar, local or hdfs:// "
+                                                        "(default: the nodes' own)")
+    hadoop.add_argument("--package", action="append", default=[],
+                        help="pip requirement or local wheel to install for the workers; repeatable")
+    hadoop.add_argument("--pip-option", action="append", default=[],
+                        help="option for that pip install, e.g. --pip-option=--no-index")
+    hadoop.set_defaults(handler=cmd_envs_create_hadoop)
     envs.set_defaults(handler=cmd_envs, rest=[])
     return parser
 

@@ -9,6 +9,7 @@ import textwrap
 import pytest
 
 from conftest_ssh import moto_server, s3_env, ssh_hosts  # noqa: F401  (cluster fixtures)
+from conftest_hadoop import hadoop_cluster  # noqa: F401  (the Hadoop mini cluster)
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 

@@ -43,6 +43,13 @@ class EnvironmentRegistry:
     def __contains__(self, name: str) -> bool:
         return any(r[0] == name for r in self._rows())
 
+    def load(self, name: str, cls: type) -> Environment:
+        """The saved environment `name`, which must be a `cls` (TypeError otherwise)."""
+        env = self[name]
+        if not isinstance(env, cls):
+            raise TypeError(f"environment {name!r} is a {type(env).__name__}, not a {cls.__name__}")
+        return env
+
     def names(self) -> list[str]:
         return [r[0] for r in self._rows()]
 

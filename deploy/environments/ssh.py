@@ -3,29 +3,33 @@
     lab = deploy.ssh_cluster.create('lab', hosts=['alice@gpu1', 'gpu2:2222', '10.0.0.7'])
     job = deploy.map_job.create(add, params, environment=lab)     # or environment='lab'
 
-Each host gets its runtime prepared once (ssh_runtime), then per job one command that
-starts `python -m deploy.worker ... --processes N` in a process group of its own.
-The job directory stays on the client and is relayed over the SSH channel (store=None),
-or lives in a shared store (`store='s3://bucket/prefix'` or a path every host sees) that
-workers use directly, so that the job survives the client.
+Each host gets its runtime prepared once (ssh_runtime) and, per client process, an agent
+(ssh_agent, reached through ssh_session) that forks each job's worker loop into a process
+group of its own. The job directory stays on the client and is relayed over the agent's
+SSH channel (store=None), or lives in a shared store (`store='s3://bucket/prefix'` or a
+path every host sees) that workers use directly, so that the job survives the client.
 """
 from __future__ import annotations
 
 import concurrent.futures
+import inspect
 import json
 import os
 import re
 import shlex
 import socket
 import threading
+import time
 from typing import Any, Callable
 
+from ..processes import process_alive
 from ..store import Storage, open_store
 from ..store.local import home_job_store
 from . import by_value
 from .base import Environment, Launch
 from .ssh_connect import DEFAULT_CONFIG, POLICIES, HostError, HostSpec, connect, resolve, run
-from .ssh_runtime import DEFAULT_ROOT, HostRuntime, Options, prepare
+from .ssh_runtime import DEFAULT_ROOT, HostRuntime, Options, prepare, python_command
+from .ssh_session import AgentSession
 
 # variables the workers get from the client for an S3 store (configuration, not secrets;
 # credentials are forwarded only when named in forward_env=)
@@ -33,21 +37,22 @@ S3_ENV = ("AWS_ENDPOINT_URL", "AWS_ENDPOINT_URL_S3", "AWS_REGION", "AWS_DEFAULT_
 
 
 class _Host:
-    """One host of the cluster, as this process knows it: connection and prepared runtime."""
+    """One host of the cluster, as this process knows it: connection, runtime, agent."""
 
     def __init__(self, spec: HostSpec) -> None:
         self.spec = spec
         self.label = spec.given
         self.client: Any = None
         self.runtime: HostRuntime | None = None
+        self.session: AgentSession | None = None
         self.lock = threading.Lock()
-        self.relays = 0                 # relay channels carrying a running job
-        self.closing = False
+        self.closing = False            # stop() was asked while a relayed job runs here
 
     def connected(self, policy: str, timeout: float) -> Any:
         transport = self.client.get_transport() if self.client is not None else None
         if transport is None or not transport.is_active():
             self.client = connect(self.spec, policy, timeout)
+            self.session = None
             self.closing = False
         return self.client
 
@@ -55,6 +60,7 @@ class _Host:
         if self.client is not None:
             self.client.close()
             self.client = None
+        self.session = None
 
 
 class SshCluster(Environment):
@@ -101,6 +107,9 @@ class SshCluster(Environment):
         self.forward_env = list(forward_env or [])
         self.timeout = float(timeout)
         self._hosts = self._resolve()
+        self._changes = threading.Condition()
+        self._versions: dict[str, int] = {}     # relayed job -> changes seen by the relay
+        self._seen: dict[str, int] = {}         # relayed job -> changes wait_for_change reported
 
     def _resolve(self) -> list[_Host]:
         seen: dict[tuple, str] = {}
@@ -118,7 +127,8 @@ class SshCluster(Environment):
 
     @classmethod
     def from_settings(cls, name: str, settings: dict[str, Any]) -> "SshCluster":
-        return cls(name, **settings)
+        known = inspect.signature(cls.__init__).parameters
+        return cls(name, **{k: v for k, v in settings.items() if k in known and k != "name"})
 
     def settings(self) -> dict[str, Any]:
         """Everything that recreates the cluster: host names, key *paths*, never key contents."""
@@ -145,12 +155,11 @@ class SshCluster(Environment):
             futures = [pool.submit(fn, h) for h in hosts]
             concurrent.futures.wait(futures)
         errors = [f.exception() for f in futures if f.exception() is not None]
+        host_errors = [e for e in errors if isinstance(e, HostError)]
+        if host_errors:
+            raise HostError.several(host_errors)
         if errors:
-            first = errors[0]
-            if isinstance(first, HostError) and len(errors) > 1:
-                raise HostError(first.host, str(first).split(": ", 1)[1] + "".join(
-                    f"\n{e}" for e in errors[1:])) from None
-            raise first
+            raise errors[0]
         return [f.result() for f in futures]
 
     def _prepare_host(self, host: _Host) -> HostRuntime:
@@ -191,10 +200,15 @@ class SshCluster(Environment):
         """Close the SSH connections (those relaying a running job close when it ends)."""
         for host in self._hosts:
             with host.lock:
-                if host.relays:
+                if host.session is not None and host.session.busy():
                     host.closing = True
                 else:
                     host.close()
+
+    @property
+    def needs_client(self) -> bool:
+        """True when jobs are relayed through the client, which must then outlive them."""
+        return self.store is None
 
     def serialize(self, fn: Callable) -> bytes:
         """Hosts lack the caller's own modules: those travel by value."""
@@ -252,73 +266,94 @@ class SshCluster(Environment):
             raise failed[0]
         return handle
 
+    def _session(self, host: _Host) -> AgentSession:
+        """The host's agent for this process, started on first use."""
+        with host.lock:
+            host.connected(self.host_key_policy, self.timeout)
+            if host.session is None or not host.session.usable():
+                rt = host.runtime
+                preload = " boto3" if "boto3" in self._options().needs else ""
+                command = rt.command(f"-m deploy.environments.ssh_agent serve --log "
+                                     f"{shlex.quote(rt.root + '/agent.log')} --preload{preload}", host.label)
+                host.session = AgentSession(host, command, self.timeout, self._changed)
+            return host.session
+
     def _start(self, host: _Host, workers: int, store: Storage, job_id: str, relay: bool) -> dict[str, Any]:
         rt = host.runtime
         job_dir = f"{rt.root}/jobs/{job_id}"
         log = f"{job_dir}/{re.sub(r'[^A-Za-z0-9_.@-]', '_', host.label)}.log"
         uri = f"relay://{host.label}/{job_id}" if relay else store.uri
-        module = "deploy.store.relay_hub" if relay else "deploy.environments.ssh_agent spawn"
-        command = (f"umask 077 && mkdir -p {shlex.quote(job_dir)} && exec {rt.env_prefix(host.label)} "
-                   f"-m {module} --log {shlex.quote(log)} -- {shlex.quote(uri)} --processes {workers}")
-        entry = {"host": host.label, "workers": workers, "log": log, "python": rt.python,
-                 "pythonpath": rt.pythonpath}
-        env = self._worker_env(job_dir)
-        if relay:
-            from .ssh_relay import start_relay
-            hello = start_relay(host, command, env, store, job_id, self.timeout)
-            return {**entry, "pgids": [hello["worker_pgid"]], "hubs": [hello["pgid"]]}
-        rc, out, err = run(host.client, command, stdin=json.dumps({"env": env}).encode() + b"\n",
-                           timeout=120)
-        if rc != 0:
-            raise HostError(host.spec.describe(), f"could not start workers (exit {rc}): "
-                                                  f"{(err or out).strip()[-800:]}")
-        return {**entry, "pgids": [json.loads(out.strip().splitlines()[-1])["worker_pgid"]], "hubs": []}
+        started = self._session(host).start_job(job_id, uri, workers, self._worker_env(job_dir), log,
+                                                store if relay else None)
+        return {"host": host.label, "workers": workers, "log": log, "root": rt.root,
+                "python": rt.python, "pythonpath": rt.pythonpath,
+                "groups": [[started["pgid"], started["start"]]]}
 
     # -- control ----------------------------------------------------------------------
 
-    def _agent(self, entry: dict[str, Any], job_id: str, *args: str) -> str | None:
-        """Run the host agent for a handle's host entry; its stdout, None if unreachable."""
+    def _changed(self, job: str) -> None:
+        with self._changes:
+            self._versions[job] = self._versions.get(job, 0) + 1
+            self._changes.notify_all()
+
+    def wait_for_change(self, handle: dict[str, Any], timeout: float) -> None:
+        """For a job relayed by this process: return as soon as a result is published (the
+        relay sees it go by) or the workers end; otherwise just sleep."""
+        job = handle.get("job", "")
+        if not (handle.get("relay") and any(h.session is not None and h.session.relaying(job)
+                                            for h in self._hosts)):
+            with self._changes:
+                self._versions.pop(job, None)
+                self._seen.pop(job, None)
+            time.sleep(timeout)
+            return
+        with self._changes:
+            self._changes.wait_for(lambda: self._versions.get(job, 0) != self._seen.get(job, 0), timeout)
+            self._seen[job] = self._versions.get(job, 0)
+
+    def _run_for(self, entry: dict[str, Any], command: str) -> tuple[int, str] | None:
+        """Run a command on the host of a handle's entry: (exit status, stdout), None if unreachable."""
         host = self._host(entry["host"])
         if host is None:
             return None
-        command = (f"env PYTHONPATH={shlex.quote(entry['pythonpath'])} {shlex.quote(entry['python'])} "
-                   f"-m deploy.environments.ssh_agent {' '.join(shlex.quote(a) for a in args)}")
         try:
             with host.lock:
                 client = host.connected(self.host_key_policy, self.timeout)
             rc, out, _ = run(client, command, timeout=60)
         except (HostError, OSError, EOFError):
             return None
-        return out if rc == 0 else None
+        return rc, out
+
+    def _agent(self, entry: dict[str, Any], action: str) -> str | None:
+        """`ssh_agent kill|alive` on the entry's worker groups; its stdout, None if unreachable."""
+        groups = [f"{g}:{started}" for g, started in entry.get("groups", [])]
+        done = self._run_for(entry, python_command(entry["root"], entry["pythonpath"], entry["python"],
+                                                   f"-m deploy.environments.ssh_agent {action} "
+                                                   + " ".join(groups)))
+        return done[1] if done and done[0] == 0 else None
+
+    def _on_hosts(self, handle: dict[str, Any], action: str) -> list[str | None]:
+        """The agent's `action` on every host of a launch handle, at once."""
+        entries = handle.get("hosts", [])
+        if not entries:
+            return []
+        with concurrent.futures.ThreadPoolExecutor(max_workers=min(16, len(entries))) as pool:
+            return list(pool.map(lambda entry: self._agent(entry, action), entries))
 
     def _host(self, label: str) -> _Host | None:
         return next((h for h in self._hosts if h.label == label), None)
 
     def cancel(self, handle: dict[str, Any]) -> None:
         """Kill the job's workers on every host: SIGTERM their process groups, SIGKILL
-        what is left after a grace period, then the relay hubs."""
-        job_id = handle.get("job", "")
-
-        def kill(entry: dict[str, Any]) -> None:
-            args = ["kill", "--job", job_id, *map(str, entry.get("pgids", []))]
-            if entry.get("hubs"):
-                args += ["--after", *map(str, entry["hubs"])]
-            self._agent(entry, job_id, *args)
-        entries = handle.get("hosts", [])
-        if entries:
-            with concurrent.futures.ThreadPoolExecutor(max_workers=min(16, len(entries))) as pool:
-                list(pool.map(kill, entries))
+        what is left after a grace period."""
+        self._on_hosts(handle, "kill")
 
     def alive(self, handle: dict[str, Any]) -> bool | None:
-        from .ssh_relay import relays_running
         job_id = handle.get("job", "")
-        if handle.get("relay") and relays_running(job_id):
+        if handle.get("relay") and any(h.session is not None and h.session.relaying(job_id)
+                                       for h in self._hosts):
             return True
-        answers = []
-        for entry in handle.get("hosts", []):
-            out = self._agent(entry, job_id, "alive", "--job", job_id,
-                              *map(str, entry.get("pgids", []) + entry.get("hubs", [])))
-            answers.append(None if out is None else bool(json.loads(out)))
+        answers = [None if out is None else bool(json.loads(out)) for out in self._on_hosts(handle, "alive")]
         if any(answers):
             return True
         return None if None in answers or not answers else False
@@ -326,38 +361,18 @@ class SshCluster(Environment):
     def describe_failure(self, handle: dict[str, Any]) -> str | None:
         client = handle.get("client") or {}
         if handle.get("relay") and client.get("host") == socket.gethostname() \
-                and client.get("pid") != os.getpid() and not _pid_alive(int(client.get("pid", 0))):
+                and client.get("pid") != os.getpid() and not process_alive(int(client.get("pid", 0))):
             return (f"the process that relayed the job directory to the hosts (pid {client.get('pid')}) "
                     "has exited; a relayed job needs its client alive (give the cluster a shared "
                     "store= for jobs that outlive it)")
         tails = []
         for entry in handle.get("hosts", []):
-            out = self._agent_tail(entry)
-            if out:
-                tails.append(f"{entry['host']}: {out}")
+            done = self._run_for(entry, f"tail -n 5 {shlex.quote(entry['log'])}")
+            if done is None:
+                tails.append(f"{entry['host']}: unreachable")
+            elif done[0] == 0 and done[1].strip():
+                tails.append(f"{entry['host']}: {done[1].strip()[-500:]}")
         return "; ".join(tails) or None
-
-    def _agent_tail(self, entry: dict[str, Any]) -> str | None:
-        host = self._host(entry["host"])
-        if host is None:
-            return None
-        try:
-            with host.lock:
-                client = host.connected(self.host_key_policy, self.timeout)
-            rc, out, _ = run(client, f"tail -n 5 {shlex.quote(entry['log'])}", timeout=30)
-        except (HostError, OSError, EOFError):
-            return f"unreachable ({entry['host']})"
-        return out.strip()[-500:] if rc == 0 else None
-
-
-def _pid_alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except (PermissionError, OverflowError):
-        return True
-    return pid > 0
 
 
 def create(name: str, hosts: list[str] | str, key_filename: str | list[str] | None = None,
@@ -378,10 +393,7 @@ def create(name: str, hosts: list[str] | str, key_filename: str | list[str] | No
 def load(name: str) -> SshCluster:
     """The saved SSH cluster `name` (connects lazily, when first used)."""
     from .registry import environments
-    env = environments[name]
-    if not isinstance(env, SshCluster):
-        raise TypeError(f"environment {name!r} is a {type(env).__name__}, not an SshCluster")
-    return env
+    return environments.load(name, SshCluster)
 
 
 __all__ = ["SshCluster", "HostError", "create", "load"]

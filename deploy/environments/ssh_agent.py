@@ -1,71 +1,81 @@
 """The host's side of SshCluster, run through SSH with the shipped runtime on PYTHONPATH.
 
-    python -m deploy.environments.ssh_agent spawn --log FILE -- STORE_URI --processes N
-        reads one JSON line {"env": {...}} on stdin, checks that the job directory is
-        readable from this host, starts `python -m deploy.worker ...` detached in its own
-        session, prints {"worker_pgid": ...}.
-    python -m deploy.environments.ssh_agent kill --job ID PGID... [--after PGID...]
-        SIGTERM the process groups (only those running job ID), SIGKILL what is left after
-        a grace period; then the same for the --after groups (the relay hubs, which must
-        outlive the workers long enough to carry their last writes).
-    python -m deploy.environments.ssh_agent alive --job ID PGID...
-        prints the JSON list of the groups that still run job ID.
-Standard library plus deploy's store only: it runs on every host.
+    python -m deploy.environments.ssh_agent serve --log FILE [--preload MODULE...]
+        the per-connection agent: imports the worker once, then for each job the client
+        asks for forks the worker loop (warm, no interpreter start) into a session of its
+        own, and relays relayed jobs' store requests over its stdin/stdout. When the client
+        goes, it stops the relayed jobs' workers (they need the client) and exits; workers
+        of jobs in a shared store run on.
+    python -m deploy.environments.ssh_agent kill PGID:START...
+        SIGTERM the workers' process groups (as `serve` reported them: a group whose pid
+        was reused since is left alone), SIGKILL what is left after a grace period.
+    python -m deploy.environments.ssh_agent alive PGID:START...
+        prints the JSON list of those groups that still have a live process.
+
+Protocol of `serve` (frames as in deploy.store.relay): b"C" + JSON is a control message
+(client: {"op": "start", "id": n, ...}; agent: {"op": "ready"}, {"id": n, "pgid", "start"} or
+{"id": n, "error": ...}, {"op": "ended", "job": ..., "code": ...}); b"R" + a job-tagged
+relay body is a store request (agent to client) or its answer (client to agent).
+Standard library and deploy only: it runs on every host.
 """
 from __future__ import annotations
 
 import argparse
+import gc
+import importlib
 import json
 import os
+import selectors
 import signal
-import subprocess
 import sys
 import time
 
+from ..store import layout, open_store
+from ..store.relay import SOCKET_ENV, FrameBuffer, frame, tag, untag
+from ..store.relay_hub import RelayHub
+from ..worker_process import start_worker
+
+CONTROL, RELAY = b"C", b"R"
+
+
+# ---------------------------------------------------------------------------- process groups
+
+def _stat(pid: int) -> list[bytes] | None:
+    """The fields of /proc/PID/stat after the command name (state first), or None."""
+    try:
+        with open(f"/proc/{pid}/stat", "rb") as f:
+            return f.read().rsplit(b")", 1)[1].split()
+    except (OSError, IndexError):
+        return None
+
+
+def start_time(pid: int) -> int:
+    """When the process started (clock ticks since boot; 0 where /proc cannot tell)."""
+    fields = _stat(pid)
+    return int(fields[19]) if fields else 0
+
 
 def _members(pgid: int) -> list[int] | None:
-    """Pids in process group `pgid` (None where /proc cannot tell)."""
+    """Live pids in process group `pgid` (None where /proc cannot tell)."""
     if not os.path.isdir("/proc/self"):
         return None
     pids = []
     for entry in os.listdir("/proc"):
         if entry.isdigit():
-            try:
-                with open(f"/proc/{entry}/stat", "rb") as f:
-                    fields = f.read().rsplit(b")", 1)[1].split()
-            except (OSError, IndexError):
-                continue
-            if fields[0] not in (b"Z", b"X") and int(fields[2]) == pgid:
+            fields = _stat(int(entry))
+            if fields and fields[0] not in (b"Z", b"X") and int(fields[2]) == pgid:
                 pids.append(int(entry))
     return pids
 
 
-def _runs_job(pid: int, job: str) -> bool:
-    try:
-        with open(f"/proc/{pid}/cmdline", "rb") as f:
-            return job.encode() in f.read()
-    except OSError:
-        return False
-
-
-def ours(pgid: int, job: str) -> bool:
-    """True while the group has a live process of this job (a reused pgid is not ours)."""
-    members = _members(pgid)
-    if members is None:
-        try:
-            os.killpg(pgid, 0)
-            return True
-        except OSError:
-            return False
-    return any(_runs_job(pid, job) for pid in members)
-
-
-def _signal_groups(pgids: list[int], sig: int) -> None:
-    for pgid in pgids:
-        try:
-            os.killpg(pgid, sig)
-        except OSError:
-            pass
+def ours(pgid: int, started: int) -> bool:
+    """True while the group started as `pgid` at `started` has a live process. A pid is
+    not reused while a group or session bears it, so a group whose leader is gone but
+    whose members live is still ours; a live leader must have the recorded start time."""
+    leader = _stat(pgid)
+    if leader is not None and int(leader[2]) == pgid and leader[0] not in (b"Z", b"X"):
+        return not started or int(leader[19]) == started
+    return _live(pgid)
 
 
 def _live(pgid: int) -> bool:
@@ -79,6 +89,14 @@ def _live(pgid: int) -> bool:
         return False
 
 
+def _signal_groups(pgids: list[int], sig: int) -> None:
+    for pgid in pgids:
+        try:
+            os.killpg(pgid, sig)
+        except OSError:
+            pass
+
+
 def _wait_gone(pgids: list[int], timeout: float) -> list[int]:
     """Wait until the groups have no live process (or time is up); the groups left."""
     deadline = time.monotonic() + timeout
@@ -89,56 +107,209 @@ def _wait_gone(pgids: list[int], timeout: float) -> list[int]:
         time.sleep(0.05)
 
 
-def stop(pgids: list[int], job: str, grace: float) -> list[int]:
-    """SIGTERM the job's groups, SIGKILL after `grace`; the groups that would not die."""
-    mine = [g for g in pgids if ours(g, job)]
+def stop(groups: list[tuple[int, int]], grace: float) -> list[int]:
+    """SIGTERM the (pgid, start time) groups that still run, SIGKILL them after `grace`;
+    the groups that would not die."""
+    mine = [g for g, started in groups if ours(g, started)]
     _signal_groups(mine, signal.SIGTERM)
     left = _wait_gone(mine, grace)
     _signal_groups(left, signal.SIGKILL)
     return _wait_gone(left, 5.0)
 
 
-def spawn(log: str, worker_args: list[str]) -> int:
-    line = sys.stdin.readline()
-    env = {**os.environ, **(json.loads(line).get("env") or {} if line.strip() else {})}
-    os.environ.update(env)
-    from deploy.store import layout, open_store
+def _group(text: str) -> tuple[int, int]:
+    pgid, _, started = text.partition(":")
+    return int(pgid), int(started or 0)
+
+
+# ---------------------------------------------------------------------------- the agent
+
+class Agent:
+    """One client connection's agent: starts jobs' workers, relays their store requests."""
+
+    def __init__(self, chan_in: int, chan_out: int) -> None:
+        self.chan_in, self.chan_out = chan_in, chan_out
+        self.sel = selectors.DefaultSelector()
+        self.hub = RelayHub(self.sel, self._send_relay)
+        self.children: dict[int, dict] = {}       # worker pid -> {"job", "relay", "pidfd"}
+        self.out: list[bytes] = []                # frames for the client, written by flush()
+        self.unsent = bytearray()                 # what the channel did not take yet
+        self.writing = False                      # chan_out registered for EVENT_WRITE
+        os.set_blocking(chan_out, False)
+
+    def _send(self, kind: bytes, body: bytes) -> None:
+        self.out.append(frame(kind + body))
+
+    def flush(self) -> None:
+        """Write what this round of events produced in one go (fewer SSH packets), as far
+        as the channel takes it without blocking: the agent must keep reading the client
+        while it writes, or two large transfers crossing each other would deadlock."""
+        if self.out:
+            self.unsent += b"".join(self.out)
+            self.out = []
+        while self.unsent:
+            try:
+                written = os.write(self.chan_out, self.unsent)
+            except BlockingIOError:
+                break
+            del self.unsent[:written]
+        waiting = bool(self.unsent)
+        if waiting != self.writing:
+            if waiting:
+                self.sel.register(self.chan_out, selectors.EVENT_WRITE, "out")
+            else:
+                self.sel.unregister(self.chan_out)
+            self.writing = waiting
+
+    def _send_relay(self, job: str, body: bytes) -> None:
+        self._send(RELAY, tag(job, body))
+
+    def control(self, message: dict) -> None:
+        self._send(CONTROL, json.dumps(message).encode())
+
+    def start(self, msg: dict) -> dict:
+        """Fork the worker loop for a job; {"pgid": ...} or {"error": ...}."""
+        job, env = msg["job"], dict(msg.get("env") or {})
+        os.makedirs(os.path.dirname(msg["log"]), mode=0o700, exist_ok=True)
+        if msg.get("relay"):
+            env[SOCKET_ENV] = self.hub.open(job)
+        else:
+            problem = self._readable(msg["uri"], env)
+            if problem:
+                return {"error": problem}
+        args = [msg["uri"], "--processes", str(msg["processes"])]
+        pid = start_worker(args, env, msg["log"],
+                           close_fds=(self.chan_in, self.chan_out, *self.hub.fds()))
+        child = {"job": job, "relay": bool(msg.get("relay")), "pidfd": None}
+        try:
+            child["pidfd"] = os.pidfd_open(pid)
+            self.sel.register(child["pidfd"], selectors.EVENT_READ, ("exit", pid))
+        except (AttributeError, OSError):
+            pass
+        self.children[pid] = child
+        return {"pgid": pid, "start": start_time(pid)}
+
+    @staticmethod
+    def _readable(uri: str, env: dict) -> str | None:
+        """Why this host cannot read the job directory at `uri` (None: it can)."""
+        saved = dict(os.environ)
+        os.environ.update(env)
+        try:
+            open_store(uri).get(layout.SPEC)
+            return None
+        except Exception as exc:
+            return f"this host cannot read the job directory {uri}: {type(exc).__name__}: {exc}"
+        finally:
+            os.environ.clear()
+            os.environ.update(saved)
+
+    def reap(self) -> None:
+        """Collect ended workers; tell the client, close their relays."""
+        for pid in list(self.children):
+            try:
+                done, status = os.waitpid(pid, os.WNOHANG)
+            except ChildProcessError:
+                done, status = pid, 0
+            if not done:
+                continue
+            child = self.children.pop(pid)
+            if child["pidfd"] is not None:
+                self.sel.unregister(child["pidfd"])
+                os.close(child["pidfd"])
+            if child["relay"]:
+                self.hub.close(child["job"])
+            self.control({"op": "ended", "job": child["job"], "code": os.waitstatus_to_exitcode(status)})
+
+    def _on_control(self, msg: dict) -> None:
+        if msg.get("op") == "start":
+            try:
+                reply = self.start(msg)
+            except Exception as exc:
+                reply = {"error": f"{type(exc).__name__}: {exc}"}
+            self.control({"id": msg.get("id"), **reply})
+
+    def run(self) -> None:
+        """Serve until the client closes the connection."""
+        frames = FrameBuffer()
+        self.sel.register(self.chan_in, selectors.EVENT_READ, "chan")
+        self.control({"op": "ready", "pid": os.getpid()})
+        polling = not hasattr(os, "pidfd_open")
+        while True:
+            self.flush()
+            for key, _ in self.sel.select(1.0 if polling else None):
+                if key.data == "out":
+                    continue                      # flush() writes on the next round
+                if key.data == "chan":
+                    try:
+                        data = os.read(self.chan_in, 1 << 16)
+                    except BlockingIOError:
+                        continue
+                    if not data:
+                        return
+                    for body in frames.feed(data):
+                        if body[:1] == RELAY:
+                            self.hub.reply(untag(body[1:])[1])
+                        elif body[:1] == CONTROL:
+                            self._on_control(json.loads(body[1:]))
+                elif not self.hub.handle(key):
+                    self.reap()
+            if polling:
+                self.reap()
+
+    def shutdown(self) -> None:
+        """The client is gone: relayed jobs cannot go on, so stop their workers."""
+        relayed = [(pid, 0) for pid, c in self.children.items() if c["relay"]]
+        self.hub.close_all()                       # their store calls fail at once
+        stop(relayed, grace=3.0)
+        self.out, self.unsent = [], bytearray()
+        self.reap()
+
+
+def serve(log: str, preload: list[str]) -> int:
+    chan_in, chan_out = os.dup(0), os.dup(1)
+    null = os.open(os.devnull, os.O_RDWR)
+    os.dup2(null, 0)
+    os.dup2(2, 1)                    # strays must never reach the protocol stream
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
+    signal.signal(signal.SIGHUP, lambda *_: sys.exit(129))
+    import deploy.worker  # noqa: F401  (forked workers start warm)
+    for module in preload:
+        try:
+            importlib.import_module(module)
+        except ImportError:
+            pass
+    gc.freeze()                      # forked workers then share these pages untouched by the GC
+    os.chdir(os.path.expanduser("~"))            # where tasks start, as in a login
+    agent = Agent(chan_in, chan_out)
+    log_fd = os.open(log, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
+    os.dup2(log_fd, 1)               # from here on, unread stderr would stall the channel
+    os.dup2(log_fd, 2)
+    os.close(log_fd)
     try:
-        open_store(worker_args[0]).get(layout.SPEC)
-    except Exception as exc:
-        print(f"this host cannot read the job directory {worker_args[0]}: "
-              f"{type(exc).__name__}: {exc}", file=sys.stderr)
-        return 2
-    fd = os.open(log, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
-    proc = subprocess.Popen([sys.executable, "-m", "deploy.worker", *worker_args], env=env,
-                            stdin=subprocess.DEVNULL, stdout=fd, stderr=fd, start_new_session=True)
-    print(json.dumps({"worker_pgid": proc.pid}), flush=True)
+        agent.run()
+    finally:
+        agent.shutdown()
     return 0
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m deploy.environments.ssh_agent")
     sub = parser.add_subparsers(dest="command", required=True)
-    p = sub.add_parser("spawn")
-    p.add_argument("--log", required=True)
-    p.add_argument("worker_args", nargs=argparse.REMAINDER)
+    p = sub.add_parser("serve")
+    p.add_argument("--log", required=True, help="file for the agent's own stray output")
+    p.add_argument("--preload", nargs="*", default=[], help="modules to import up front")
     for name in ("kill", "alive"):
         p = sub.add_parser(name)
-        p.add_argument("--job", required=True)
-        p.add_argument("pgids", type=int, nargs="*")
+        p.add_argument("groups", type=_group, nargs="*", help="PGID:START as the agent reported them")
         if name == "kill":
-            p.add_argument("--after", type=int, nargs="*", default=[])
             p.add_argument("--grace", type=float, default=3.0)
     args = parser.parse_args(argv)
-    if args.command == "spawn":
-        return spawn(args.log, args.worker_args[1:] if args.worker_args[:1] == ["--"] else args.worker_args)
+    if args.command == "serve":
+        return serve(args.log, args.preload)
     if args.command == "alive":
-        print(json.dumps([g for g in args.pgids if ours(g, args.job)]))
+        print(json.dumps([g for g, started in args.groups if ours(g, started)]))
         return 0
-    left = stop(args.pgids, args.job, args.grace)
-    after = [g for g in args.after if ours(g, args.job)]
-    left += stop(_wait_gone(after, 2.0), args.job, args.grace)      # hubs end with their workers
-    print(json.dumps(left))
+    print(json.dumps(stop(args.groups, args.grace)))
     return 0
 
 

@@ -1,8 +1,9 @@
 """Reaching a host over SSH (paramiko): host specs, ~/.ssh/config, host keys, clear errors.
 
 A host is written `[user@]name[:port]`; `name` may be an alias of the ssh config, whose
-HostName, User, Port, IdentityFile, IdentitiesOnly, UserKnownHostsFile and ProxyCommand
-are honoured (what the spec says explicitly wins). Keys come from the key file(s) given,
+HostName, User, Port, IdentityFile, IdentitiesOnly, UserKnownHostsFile,
+GlobalKnownHostsFile, ProxyCommand and ProxyJump are honoured (what the spec says
+explicitly wins). Keys come from the key file(s) given,
 the config, ssh-agent and ~/.ssh/id_*; host keys are checked against known_hosts and an
 unknown host is refused unless host_key_policy='accept-new' (which records its key).
 """
@@ -21,6 +22,7 @@ from ..errors import DeployError
 POLICIES = ("reject", "accept-new")
 DEFAULT_CONFIG = "~/.ssh/config"
 DEFAULT_KNOWN_HOSTS = "~/.ssh/known_hosts"
+GLOBAL_KNOWN_HOSTS = "/etc/ssh/ssh_known_hosts"
 _known_hosts_lock = threading.Lock()
 
 
@@ -29,7 +31,16 @@ class HostError(DeployError):
 
     def __init__(self, host: str, message: str) -> None:
         super().__init__(f"host {host}: {message}")
-        self.host = host
+        self.host, self.reason = host, message
+
+    @classmethod
+    def several(cls, errors: list["HostError"]) -> "HostError":
+        """One error for several hosts: the first host's, its message listing them all."""
+        if len(errors) == 1:
+            return errors[0]
+        combined = cls(errors[0].host, errors[0].reason)
+        combined.args = ("\n".join(str(e) for e in errors),)
+        return combined
 
 
 @dataclasses.dataclass(frozen=True)
@@ -103,15 +114,22 @@ def resolve(text: str, ssh_config: str | None = DEFAULT_CONFIG, key_filename: An
         except Exception as exc:
             raise ValueError(f"cannot read ssh config {path}: {exc}") from None
     keys = _files(key_filename) or _files(options.get("identityfile"))
-    known = ((os.path.expanduser(known_hosts),) if known_hosts
-             else _files(options.get("userknownhostsfile")) or (os.path.expanduser(DEFAULT_KNOWN_HOSTS),))
+    if known_hosts:
+        known = (os.path.expanduser(known_hosts),)
+    else:       # the user's files (new keys are recorded in the first), then the system's
+        known = (_files(options.get("userknownhostsfile")) or (os.path.expanduser(DEFAULT_KNOWN_HOSTS),)) \
+            + (_files(options.get("globalknownhostsfile")) or (GLOBAL_KNOWN_HOSTS,))
+    hostname = options.get("hostname", name)
+    port = port or int(options.get("port", 22))
+    proxy = options.get("proxycommand")
+    if not proxy and options.get("proxyjump", "none").lower() != "none":
+        proxy = f"ssh -W {hostname}:{port} {options['proxyjump']}"
     return HostSpec(
-        given=text.strip(), hostname=options.get("hostname", name),
-        port=port or int(options.get("port", 22)),
+        given=text.strip(), hostname=hostname, port=port,
         user=user or options.get("user") or getpass.getuser(),
         key_files=keys, known_hosts=known,
         identities_only=str(options.get("identitiesonly", "no")).lower() == "yes",
-        proxy_command=options.get("proxycommand"))
+        proxy_command=proxy)
 
 
 # ---------------------------------------------------------------------------- host keys

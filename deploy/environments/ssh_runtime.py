@@ -10,134 +10,27 @@ each version once. Layout on the host (all 0700, private to the remote user):
                                          shipped only when the host's Python lacks boto3)
     ~/.deploy/remote/wheels/<hash>/      local wheel files named in additional_packages
     ~/.deploy/remote/venvs/<cluster>/    venv (--system-site-packages) with additional_packages
-    ~/.deploy/remote/jobs/<job id>/      the workers' own stderr, per host label
+    ~/.deploy/remote/jobs/<job id>/      the workers' own stderr (per host label), their TMPDIR
+    ~/.deploy/remote/agent.log           the agents' own stray output
+
+Bundles, uploaded wheels and job folders unused for 14 days are pruned when a client probes.
 """
 from __future__ import annotations
 
 import dataclasses
-import functools
 import hashlib
-import importlib.metadata as metadata
-import io
 import json
 import os
-import re
 import shlex
 import sys
-import tarfile
-from pathlib import Path
 from typing import Any, Iterable
 
+from ..runtime import Bundle, libs_bundle, runtime_bundle
+from ..runtime import wheel_files as _wheel_files
 from .ssh_connect import HostError, run
 
 MIN_PYTHON = (3, 10)
 DEFAULT_ROOT = "~/.deploy/remote"
-
-
-# ---------------------------------------------------------------------------- bundles
-
-@dataclasses.dataclass(frozen=True)
-class Bundle:
-    """A tar.gz of files for a host's PYTHONPATH, named by the hash of its content."""
-
-    kind: str
-    digest: str
-    data: bytes
-
-
-def _package_files(package_dir: Path, prefix: str) -> list[tuple[str, Path]]:
-    return [(f"{prefix}/{p.relative_to(package_dir).as_posix()}", p)
-            for p in sorted(package_dir.rglob("*"))
-            if p.is_file() and "__pycache__" not in p.parts and p.suffix != ".pyc"]
-
-
-def _distribution_files(dist: metadata.Distribution) -> list[tuple[str, Path]]:
-    """The installed files of a pure-Python distribution, relative to its site-packages."""
-    files = []
-    for entry in dist.files or ():
-        name = entry.as_posix()
-        if name.startswith("..") or "__pycache__" in name or name.endswith(".pyc"):
-            continue
-        if name.endswith((".so", ".pyd", ".dylib")):
-            raise ValueError(f"{dist.metadata['Name']} has compiled extensions and cannot be "
-                             "shipped: install it on the hosts (additional_packages=...)")
-        path = Path(dist.locate_file(entry))
-        if path.is_file():
-            files.append((name, path))
-    return files
-
-
-def _requirement_names(dist: metadata.Distribution) -> list[str]:
-    """Names of the distribution's unconditional requirements (extras left out)."""
-    names = []
-    for req in dist.requires or ():
-        spec, _, marker = req.partition(";")
-        if "extra" in marker:
-            continue
-        if marker.strip():
-            try:
-                from packaging.markers import Marker
-                if not Marker(marker.strip()).evaluate():
-                    continue
-            except ImportError:
-                pass
-        match = re.match(r"\s*([A-Za-z0-9][A-Za-z0-9._-]*)", spec)
-        if match:
-            names.append(match.group(1))
-    return names
-
-
-def closure(name: str) -> list[metadata.Distribution]:
-    """The installed distribution `name` and everything it requires, each once."""
-    seen: dict[str, metadata.Distribution] = {}
-    todo = [name]
-    while todo:
-        current = todo.pop()
-        key = re.sub(r"[-_.]+", "-", current).lower()
-        if key in seen:
-            continue
-        try:
-            dist = metadata.distribution(current)
-        except metadata.PackageNotFoundError:
-            if current == name:
-                raise ValueError(f"{name} is not installed on the client, so it cannot be "
-                                 "shipped to the hosts") from None
-            continue
-        seen[key] = dist
-        todo.extend(_requirement_names(dist))
-    return list(seen.values())
-
-
-def _tar(files: Iterable[tuple[str, Path]]) -> tuple[str, bytes]:
-    """(content hash, deterministic tar.gz) of the files; members private to the owner."""
-    digest = hashlib.sha256()
-    raw = io.BytesIO()
-    with tarfile.open(fileobj=raw, mode="w:gz", compresslevel=1) as tar:
-        for name, path in sorted(files):
-            data = path.read_bytes()
-            digest.update(name.encode() + b"\0" + hashlib.sha256(data).digest())
-            info = tarfile.TarInfo(name)
-            info.size, info.mode, info.mtime = len(data), 0o600, 0
-            tar.addfile(info, io.BytesIO(data))
-    return digest.hexdigest()[:20], raw.getvalue()
-
-
-@functools.lru_cache(maxsize=None)
-def runtime_bundle() -> Bundle:
-    """The client's own `deploy` package and cloudpickle."""
-    import deploy
-    files = _package_files(Path(deploy.__file__).parent, "deploy")
-    files += _distribution_files(metadata.distribution("cloudpickle"))
-    digest, data = _tar(files)
-    return Bundle("runtime", digest, data)
-
-
-@functools.lru_cache(maxsize=None)
-def libs_bundle(requirement: str) -> Bundle:
-    """A pure-Python distribution and its requirements, as installed on the client."""
-    files = [f for dist in closure(requirement) for f in _distribution_files(dist)]
-    digest, data = _tar(files)
-    return Bundle("libs", digest, data)
 
 
 # ---------------------------------------------------------------------------- the host
@@ -164,14 +57,22 @@ class HostRuntime:
     root: str
     version: tuple[int, ...]
 
-    def env_prefix(self, label: str) -> str:
-        """`env ...` that starts a worker-side command with the runtime and the host label."""
-        return (f"env PYTHONPATH={shlex.quote(self.pythonpath)} PYTHONNOUSERSITE=1 "
-                f"DEPLOY_HOST_LABEL={shlex.quote(label)} {shlex.quote(self.python)}")
+    def command(self, args: str, label: str = "") -> str:
+        """A shell command running `python ARGS` with the runtime importable (and the host
+        label for metrics), from the runtime root so that nothing in the user's working
+        directory can shadow the runtime's modules."""
+        return python_command(self.root, self.pythonpath, self.python, args, label)
+
+
+def python_command(root: str, pythonpath: str, python: str, args: str, label: str = "") -> str:
+    """See HostRuntime.command (also used with the values a launch handle recorded)."""
+    extra = f" DEPLOY_HOST_LABEL={shlex.quote(label)}" if label else ""
+    return (f"cd {shlex.quote(root)} && umask 077 && exec env PYTHONPATH={shlex.quote(pythonpath)}"
+            f"{extra} {shlex.quote(python)} {args}")
 
 
 _PROBE = r"""
-import json, os, sys
+import json, os, shutil, sys, time
 root = os.path.expanduser(sys.argv[1])
 os.makedirs(root, mode=0o700, exist_ok=True)
 os.chmod(root, 0o700)
@@ -184,8 +85,21 @@ for rel in sys.argv[2:]:
     try:
         with open(os.path.join(root, rel)) as f:
             files[rel] = f.read().strip()
+        if rel.endswith(".complete"):
+            os.utime(os.path.join(root, rel))      # a bundle in use: not pruned below
     except OSError:
         files[rel] = None
+old = time.time() - 14 * 86400
+for kind in ("runtime", "libs", "wheels", "jobs"):
+    folder = os.path.join(root, kind)
+    for name in (os.listdir(folder) if os.path.isdir(folder) else []):
+        path = os.path.join(folder, name)
+        try:
+            seen = max([os.stat(path).st_mtime] + [e.stat().st_mtime for e in os.scandir(path)])
+        except OSError:
+            continue
+        if seen < old:
+            shutil.rmtree(path, ignore_errors=True)
 print(json.dumps({"version": list(sys.version_info[:3]), "cpus": cpus, "root": root,
                   "executable": sys.executable, "files": files}))
 """
@@ -208,11 +122,12 @@ os.unlink(src)
 
 
 def _python_script(python: str, code: str, *args: str) -> str:
-    """A shell command running `code` with the host's `python`, failing clearly without it."""
+    """A shell command running `code` (standard library only: isolated mode) with the host's
+    `python`, failing clearly without it."""
     quoted = shlex.quote(python)
     return (f"umask 077; command -v {quoted} >/dev/null 2>&1 || "
             f"{{ echo \"deploy: {python} not found on PATH ($PATH)\" >&2; exit 127; }}; "
-            f"exec {quoted} -c {shlex.quote(code)} " + " ".join(shlex.quote(a) for a in args))
+            f"exec {quoted} -I -c {shlex.quote(code)} " + " ".join(shlex.quote(a) for a in args))
 
 
 def _marker(bundle: Bundle) -> str:
@@ -266,18 +181,6 @@ def ship(client: Any, host: str, bundle: Bundle, root: str, python: str) -> str:
     return final
 
 
-def _wheel_files(packages: Iterable[str]) -> dict[str, Path]:
-    """Local files among the packages (wheels, sdists), by the name given."""
-    local = {}
-    for pkg in packages:
-        path = Path(os.path.expanduser(pkg))
-        if pkg.endswith((".whl", ".tar.gz", ".zip")) or os.sep in pkg:
-            if not path.is_file():
-                raise ValueError(f"additional package {pkg!r} looks like a file but there is no such file")
-            local[pkg] = path
-    return local
-
-
 def venv_digest(options: Options, version: tuple[int, ...]) -> str:
     """What the cluster's venv was built from: a changed package list rebuilds it."""
     wheels = {k: hashlib.sha256(p.read_bytes()).hexdigest() for k, p in _wheel_files(options.packages).items()}
@@ -287,7 +190,7 @@ def venv_digest(options: Options, version: tuple[int, ...]) -> str:
 
 _VENV = """umask 077; set -e
 final={final}; tmp="$final.tmp-$$"; trap 'rm -rf "$tmp"' EXIT
-mkdir -p "$(dirname "$final")"
+mkdir -p "$(dirname "$final")"; cd "$(dirname "$final")"
 {python} -m venv --system-site-packages --without-pip "$tmp"
 "$tmp/bin/python" -m pip --version >/dev/null 2>&1 || {{ rm -rf "$tmp"; {python} -m venv --system-site-packages "$tmp"; }}
 "$tmp/bin/python" -m pip install --disable-pip-version-check --no-input {args} 2>&1
@@ -333,10 +236,10 @@ def build_venv(client: Any, host: str, options: Options, info: dict, digest: str
                               f"(exit {rc}):\n{tail}")
 
 
-def has_module(client: Any, python: str, pythonpath: str, module: str) -> bool:
+def has_module(client: Any, root: str, python: str, pythonpath: str, module: str) -> bool:
+    """Whether the workers' Python on the host can import `module`."""
     code = f"import importlib.util as u, sys; sys.exit(0 if u.find_spec({module!r}) else 3)"
-    rc, _, _ = run(client, f"env PYTHONPATH={shlex.quote(pythonpath)} {shlex.quote(python)} "
-                           f"-c {shlex.quote(code)}", timeout=60)
+    rc, _, _ = run(client, python_command(root, pythonpath, python, f"-c {shlex.quote(code)}"), timeout=60)
     return rc == 0
 
 
@@ -356,7 +259,7 @@ def prepare(client: Any, host: str, options: Options) -> HostRuntime:
             build_venv(client, host, options, info, digest)
         python = f"{root}/venvs/{options.cluster}/bin/python"
     for module in options.needs:
-        if has_module(client, python, ":".join(paths), module):
+        if has_module(client, root, python, ":".join(paths), module):
             continue
         try:
             libs = libs_bundle(module)

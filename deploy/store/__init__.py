@@ -11,6 +11,9 @@ _BACKENDS = {
     "": "deploy.store.local:LocalStorage",
     "s3": "deploy.store.s3:S3Storage",
     "relay": "deploy.store.relay:RelayStorage",
+    "hdfs": "deploy.store.hdfs:HdfsStorage",
+    "webhdfs": "deploy.store.hdfs:HdfsStorage",
+    "swebhdfs": "deploy.store.hdfs:HdfsStorage",
 }
 
 

@@ -13,6 +13,7 @@ RESULTS = "results"
 LOGS = "logs"
 HEARTBEATS = "heartbeats"
 COMBINER_CLAIM = "claims/combiner"
+CONTAINERS = "containers"    # where an environment notes what ran its workers (YARN containers)
 
 
 def chunk_name(chunk: int) -> str:
@@ -50,3 +51,6 @@ def live_log(chunk: int, attempt: int) -> str:
 def heartbeat(worker: str) -> str:
     return f"{HEARTBEATS}/{worker}"
 
+
+def container(name: str) -> str:
+    return f"{CONTAINERS}/{name}"

@@ -2,8 +2,8 @@
 
 Workers on a remote host open `relay://LABEL/JOB_ID`; their store verbs travel as
 length-prefixed frames to a hub on the host (`deploy.store.relay_hub`), which forwards
-them over its stdin/stdout (an SSH channel, say) to the client, where `serve()` answers
-them from the real store. Nothing here knows about SSH: any pair of byte streams will do.
+them over one stream (an SSH channel, say) to the client, where `answer()` carries them
+out against the real store. Nothing here knows about SSH: any pair of byte streams will do.
 
 Frame: 4-byte big-endian length, then the body.
 Request body:  request id (u32), verb (u8), path length (u16), path (UTF-8), data.
@@ -84,6 +84,18 @@ def request(req_id: int, verb: int, path: str, data: bytes = b"") -> bytes:
 
 def reply(req_id: int, status: int, data: bytes = b"") -> bytes:
     return _HEAD.pack(req_id, status) + data
+
+
+def tag(job: str, body: bytes) -> bytes:
+    """A body labelled with its job, for a stream that carries several jobs' relays."""
+    raw = job.encode()
+    return bytes([len(raw)]) + raw + body
+
+
+def untag(body: bytes) -> tuple[str, bytes]:
+    """(job, body) of a `tag`ged body."""
+    size = body[0]
+    return body[1:1 + size].decode(), body[1 + size:]
 
 
 def swap_id(body: bytes, req_id: int) -> tuple[int, bytes]:
@@ -175,6 +187,13 @@ def _checked(path: str) -> str:
     return path
 
 
+def verb_and_path(body: bytes) -> tuple[int, str]:
+    """What a request asks for: (verb, path)."""
+    (size,) = _PATH.unpack_from(body, _HEAD.size)
+    start = _HEAD.size + _PATH.size
+    return body[4], body[start:start + size].decode(errors="replace")
+
+
 def answer(store: Storage, body: bytes) -> bytes:
     """Carry out one request against `store`; the reply body."""
     req_id, verb = _HEAD.unpack_from(body)
@@ -206,16 +225,3 @@ def answer(store: Storage, body: bytes) -> bytes:
         return reply(req_id, IS_DIR)
     except (OSError, ValueError, UnicodeDecodeError) as exc:
         return reply(req_id, ERROR, f"{type(exc).__name__}: {exc}".encode())
-
-
-def serve(store: Storage, recv: Callable[[int], bytes], send: Callable[[bytes], None]) -> None:
-    """Answer the requests read with `recv` until the stream ends; requests that arrive
-    together are answered with one `send`."""
-    frames = FrameBuffer()
-    while True:
-        data = recv(1 << 16)
-        if not data:
-            return
-        replies = [frame(answer(store, body)) for body in frames.feed(data)]
-        if replies:
-            send(b"".join(replies))

@@ -329,7 +329,7 @@ def test_kill_running_application(cluster):
     r = requests.put(f"{cluster.resourcemanager_url}/ws/v1/cluster/apps/{app_id}/state",
                      params={"user.name": cluster.user}, json={"state": "KILLED"}, timeout=30)
     assert r.status_code in (200, 202), r.text
-    assert r.json()["state"] in ("KILLING", "KILLED")
+    # the answer is the state at that moment (KILLING, FINAL_SAVING, even still RUNNING)
     report = cluster.wait_for_app(app_id, timeout=60)
     assert (report["state"], report["finalStatus"]) == ("KILLED", "KILLED")
     state = requests.get(f"{cluster.resourcemanager_url}/ws/v1/cluster/apps/{app_id}/state",
