@@ -21,6 +21,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import shutil
 import statistics
 import sys
 import tempfile
@@ -104,14 +105,15 @@ def main() -> None:
                         help="default: each host's share of this machine's cores (at least 1); "
                              "0: the cluster's own default, each host's core count")
     args = parser.parse_args()
-    os.environ.setdefault("DEPLOY_HOME", tempfile.mkdtemp(prefix="deploy-bench-"))
+    scratch = tempfile.mkdtemp(prefix="deploy-bench-ssh-")
+    os.environ.setdefault("DEPLOY_HOME", os.path.join(scratch, "home"))
     os.environ["DEPLOY_PROGRESS"] = "false"
 
     from infra.sshd_hosts import SshHosts, check_prerequisites
     problems = check_prerequisites()
     if problems:
         raise SystemExit("cannot start sshd hosts: " + "; ".join(problems))
-    hosts = SshHosts(tempfile.mkdtemp(prefix="deploy-bench-sshd-"), n=3, user_prefix="deploybn")
+    hosts = SshHosts(os.path.join(scratch, "sshd"), n=3, user_prefix="deploybn")
     hosts.start()
     local = deploy.environment.LocalAsync("bench-local")
     try:
@@ -126,6 +128,7 @@ def main() -> None:
         env.stop()
     finally:
         hosts.stop()
+        shutil.rmtree(scratch, ignore_errors=True)
     work = args.tasks * args.cpu_ms / 1000
     ideal = work / CORES
 

@@ -14,14 +14,22 @@ from waiting import wait_for
 
 @pytest.fixture(scope="session")
 def ssh_hosts(tmp_path_factory):
-    """Four sshd "hosts" (users deploysc1..4, aliases host1..host4 in ssh_hosts.ssh_config_path);
-    host4 has no python3 on its PATH."""
-    from infra.sshd_hosts import SshHosts, check_prerequisites
+    """Four sshd "hosts" (users deploysc1..4, or deploysd1..4 while another test session
+    holds those; aliases host1..host4 in ssh_hosts.ssh_config_path); host4 has no python3."""
+    from infra.sshd_hosts import SshHosts, SshHostsError, check_prerequisites
     problems = check_prerequisites()
     if problems:
         pytest.skip("; ".join(problems))
-    hosts = SshHosts(tmp_path_factory.mktemp("sshd"), n=4, without_python={3}, user_prefix="deploysc")
-    hosts.start()
+    for prefix in ("deploysc", "deploysd", "deployse", "deploysf"):   # another session may hold one
+        hosts = SshHosts(tmp_path_factory.mktemp("sshd"), n=4, without_python={3}, user_prefix=prefix)
+        try:
+            hosts.start()
+            break
+        except SshHostsError as exc:
+            if "in use" not in str(exc):
+                raise
+    else:
+        pytest.skip("every set of test host users is in use by other test sessions")
     yield hosts
     hosts.stop()
 

@@ -6,6 +6,7 @@ by value, because a remote host cannot import them. Shared by every remote envir
 """
 from __future__ import annotations
 
+import functools
 import os
 import pickle
 import site
@@ -14,6 +15,10 @@ import sysconfig
 from typing import Callable, Iterator
 
 
+_installed: dict[str, bool] = {}        # module file -> installed? (files do not move)
+
+
+@functools.lru_cache(maxsize=None)
 def _installed_roots() -> tuple[str, ...]:
     """Directories whose modules count as installed: the standard library and site-packages."""
     paths = {sysconfig.get_paths().get(k) for k in ("stdlib", "platstdlib", "purelib", "platlib")}
@@ -26,14 +31,16 @@ def _installed_roots() -> tuple[str, ...]:
 def local_modules(skip: tuple[str, ...] = ("deploy",)) -> Iterator[str]:
     """Names of imported pure-Python modules that live outside the standard library and
     site-packages (the caller's own code); packages named in `skip` are left out."""
-    roots = _installed_roots()
     for name, module in list(sys.modules.items()):
         if name == "__main__" or name.split(".")[0] in skip or module is None:
             continue
         file = getattr(module, "__file__", None)
-        if not file or not file.endswith(".py"):
+        if not isinstance(file, str) or not file.endswith(".py"):
             continue
-        if not os.path.realpath(file).startswith(roots):
+        installed = _installed.get(file)
+        if installed is None:
+            installed = _installed[file] = os.path.realpath(file).startswith(_installed_roots())
+        if not installed:
             yield name
 
 

@@ -174,7 +174,9 @@ class SshCluster(Environment):
 
     def prepare(self) -> "SshCluster":
         """Connect to every host and make its runtime ready; HostError names the hosts that fail."""
-        self._each(self._prepare_host)
+        if not all(h.runtime is not None and h.client is not None and h.client.get_transport() is not None
+                   and h.client.get_transport().is_active() for h in self._hosts):
+            self._each(self._prepare_host)
         return self
 
     def _per_host(self, host: _Host) -> int:
