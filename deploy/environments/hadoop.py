@@ -9,8 +9,8 @@ Each job is one YARN application whose ApplicationMaster is Hadoop's Distributed
 starts `num_containers` containers of `container_size` MB and `num_vcores` cores, each
 running hadoop_bootstrap (which fetches the runtime from HDFS) and then the worker loop on
 the job directory, `<dist_path>/jobs/<job id>`. The pieces: hadoop_connect (addresses and
-checks), hadoop_stage (files on HDFS), hadoop_app (the application), hadoop_logs. See
-docs/hadoop.md.
+checks), hadoop_stage (files on HDFS), hadoop_app (the application), hadoop_logs. The README's
+Hadoop section explains the design and the one-time set-up of a cluster.
 """
 from __future__ import annotations
 
