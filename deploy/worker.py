@@ -57,6 +57,7 @@ class Worker:
         self.seen: dict[str, tuple[object, float]] = {}
         self.scratch = None if store.local_path("") else tempfile.mkdtemp(prefix="deploy-worker-")
         self.live: tuple[str, str] | None = None       # (store path, local file) being streamed
+        self.live_pushed = False                       # whether that file reached the store
 
     # -- liveness ---------------------------------------------------------------------
 
@@ -72,9 +73,12 @@ class Worker:
             path, local = self.live
             try:
                 with open(local, "rb") as f:
-                    self.store.put(path, f.read())
+                    data = f.read()
             except FileNotFoundError:
-                pass
+                data = b""
+            if data:
+                self.store.put(path, data)
+                self.live_pushed = True
         self.next_beat = now + self.spec.heartbeat_seconds
 
     def is_dead(self, owner: str) -> bool:
@@ -169,7 +173,7 @@ class Worker:
         local = self.store.local_path(path)
         if local is None:
             local = os.path.join(self.scratch, path.replace("/", "_"))
-            self.live = (path, local)
+            self.live, self.live_pushed = (path, local), False
         else:
             os.makedirs(os.path.dirname(local), mode=0o700, exist_ok=True)
         return local
@@ -177,15 +181,18 @@ class Worker:
     def publish_log(self, chunk: int, attempt: int, local: str) -> None:
         """Make the attempt's output the chunk's log (first publisher wins), drop the live file."""
         live = layout.live_log(chunk, attempt)
+        remote = self.store.local_path(live) is None
         self.live = None
         try:
             with open(local, "rb") as f:
                 data = f.read()
         except FileNotFoundError:
             data = b""
-        self.store.create_exclusive(layout.log(chunk), data)
-        self.store.delete(live)
-        if self.store.local_path(live) is None and os.path.exists(local):
+        if data:                            # silent chunks have no log: one round trip less
+            self.store.create_exclusive(layout.log(chunk), data)
+        if not remote or self.live_pushed:
+            self.store.delete(live)
+        if remote and os.path.exists(local):
             os.unlink(local)
 
     def publish(self, chunk: int, attempt: int, result: ChunkResult) -> bool:
