@@ -18,7 +18,7 @@ from typing import Callable
 
 from deploy.jobs import executor as ex
 from deploy.jobs import runner
-from deploy.jobs.results import C_FAILED, C_OK, ChunkResult, canceled
+from deploy.jobs.results import C_FAILED, C_OK, ChunkResult, PackedResult, canceled
 from deploy.jobs.spec import JobSpec
 from deploy.processes import process_alive
 from deploy.store import Storage, layout, open_store
@@ -57,7 +57,7 @@ class Worker:
         self.seen: dict[str, tuple[object, float]] = {}
         self.scratch = None if store.local_path("") else tempfile.mkdtemp(prefix="deploy-worker-")
         self.live: tuple[str, str] | None = None       # (store path, local file) being streamed
-        self.live_pushed = False                       # whether that file reached the store
+        self.pushed: set[str] = set()                  # live logs that reached the store
 
     # -- liveness ---------------------------------------------------------------------
 
@@ -78,7 +78,7 @@ class Worker:
                 data = b""
             if data:
                 self.store.put(path, data)
-                self.live_pushed = True
+                self.pushed.add(path)
         self.next_beat = now + self.spec.heartbeat_seconds
 
     def is_dead(self, owner: str) -> bool:
@@ -173,7 +173,7 @@ class Worker:
         local = self.store.local_path(path)
         if local is None:
             local = os.path.join(self.scratch, path.replace("/", "_"))
-            self.live, self.live_pushed = (path, local), False
+            self.live = (path, local)
         else:
             os.makedirs(os.path.dirname(local), mode=0o700, exist_ok=True)
         return local
@@ -182,7 +182,10 @@ class Worker:
         """Make the attempt's output the chunk's log (first publisher wins), drop the live file."""
         live = layout.live_log(chunk, attempt)
         remote = self.store.local_path(live) is None
-        self.live = None
+        pushed = live in self.pushed
+        self.pushed.discard(live)
+        if self.live is not None and self.live[0] == live:
+            self.live = None
         try:
             with open(local, "rb") as f:
                 data = f.read()
@@ -190,23 +193,29 @@ class Worker:
             data = b""
         if data:                            # silent chunks have no log: one round trip less
             self.store.create_exclusive(layout.log(chunk), data)
-        if not remote or self.live_pushed:
+        if not remote or pushed:
             self.store.delete(live)
         if remote and os.path.exists(local):
             os.unlink(local)
 
-    def publish(self, chunk: int, attempt: int, result: ChunkResult) -> bool:
+    def publish(self, chunk: int, attempt: int, result: ChunkResult | PackedResult) -> bool:
         """Publish the chunk's rows; the first publisher wins, so every task has one final row."""
-        result = result.sorted()
-        published = self.store.create_exclusive(layout.result(chunk), runner.dumps_result(result))
+        if isinstance(result, PackedResult):
+            data = result.raw                     # in task order already, as the task process made it
+        else:
+            result = result.sorted()
+            data = runner.dumps_result(result)
+        published = self.store.create_exclusive(layout.result(chunk), data)
         failed = result.failed()
         if published and failed is not None and self.spec.fail_fast and not self.canceled:
+            rows = result.unpack() if isinstance(result, PackedResult) else result
             self.store.create_exclusive(layout.CANCEL, json.dumps(
-                {"reason": "fail_fast", "task": self.spec.task_name(result.index[failed]),
+                {"reason": "fail_fast", "task": self.spec.task_name(rows.index[failed]),
                  "time": time.time()}).encode())
         return published
 
-    def run_chunk(self, chunk: int, attempt: int) -> None:
+    def start_chunk(self, chunk: int, attempt: int) -> tuple[int, int, str | None]:
+        """Hand a chunk to the task process (or, past the retry limit, fail it at once)."""
         if attempt > self.spec.worker_retries:
             lost = ChunkResult(runner.HOST, self.id)
             why = (f"the worker running this task was lost {attempt} times "
@@ -214,17 +223,29 @@ class Worker:
             for i in self.spec.chunk_tasks(chunk):
                 lost.add(i, C_FAILED, 0.0, 0.0, attempt, 0.0, None, ("WorkerLost", why, None))
             self.publish(chunk, attempt, lost)
-            return
+            return chunk, attempt, None
         local = self.log_file(chunk, attempt)
+        self.executor.submit("map", self.spec.call_style, self.calls(chunk, attempt), local)
+        return chunk, attempt, local
+
+    def finish_chunk(self, running: tuple[int, int, str | None]) -> ChunkResult | PackedResult | None:
+        """Wait for a started chunk's rows (with Canceled rows for what a cancel stopped)."""
+        if running[2] is None:
+            return None
         try:
-            result = self.executor.run("map", self.spec.call_style, self.calls(chunk, attempt),
-                                       local, self.poll)
+            return self.executor.collect(self.poll)
+        except ex.BatchError as err:               # no task ran: each gets a Failed row
+            chunk, attempt, _ = running
+            failed = ChunkResult(runner.HOST, self.id)
+            for i in self.spec.chunk_tasks(chunk):
+                failed.add(i, C_FAILED, 0.0, 0.0, attempt + 1, 0.0, None,
+                           ("ChunkError", f"the chunk could not be started: {err}", None))
+            return failed
         except ex.Interrupted as stop:
             result = stop.result
             result.extend(ex.canceled_calls(stop.unrun, self.cancel_reason(), self.id))
             self.canceled = True
-        self.publish(chunk, attempt, result)
-        self.publish_log(chunk, attempt, local)
+            return result
 
     def run_combiner(self, attempt: int) -> None:
         n = self.spec.chunk_count
@@ -241,7 +262,8 @@ class Worker:
         except ex.Interrupted as stop:
             result = stop.result
             result.extend(ex.canceled_calls(stop.unrun, self.cancel_reason(), self.id))
-        self.store.create_exclusive(layout.COMBINED, runner.dumps_result(result))
+        data = result.raw if isinstance(result, PackedResult) else runner.dumps_result(result)
+        self.store.create_exclusive(layout.COMBINED, data)
         self.publish_log(n, attempt, local)
 
     def cancel_reason(self) -> str:
@@ -267,27 +289,40 @@ class Worker:
                                                   self.cancel_reason(), runner.HOST, self.id))
 
     def run(self) -> None:
-        """Work until the job is done or canceled."""
+        """Work until the job is done or canceled. Chunks are pipelined: the next chunk is
+        claimed and handed to the task process before the finished one is published."""
         try:
             self.beat(force=True)
+            running = None
             while True:
-                if not self.poll():
-                    self.sweep_canceled()
-                    return
-                todo = self.claim_next()
-                if todo == DONE:
-                    return
-                if todo is None:
-                    time.sleep(self.poll_seconds)   # chunks held by live workers: wait to help
-                    continue
-                chunk, attempt = todo
-                if chunk == self.spec.chunk_count:
-                    self.run_combiner(attempt)
-                else:
-                    self.run_chunk(chunk, attempt)
-                    if self.canceled:
+                if running is None:
+                    if not self.poll():
                         self.sweep_canceled()
                         return
+                    todo = self.claim_next()
+                    if todo == DONE:
+                        return
+                    if todo is None:
+                        time.sleep(self.poll_seconds)   # chunks held by live workers: wait to help
+                        continue
+                    if todo[0] == self.spec.chunk_count:
+                        self.run_combiner(todo[1])
+                        continue
+                    running = self.start_chunk(*todo)
+                result = self.finish_chunk(running)
+                following = None
+                if result is not None and not self.canceled:
+                    todo = self.claim_next()
+                    if todo not in (None, DONE) and todo[0] < self.spec.chunk_count:
+                        following = self.start_chunk(*todo)
+                if result is not None:
+                    chunk, attempt, local = running
+                    self.publish(chunk, attempt, result)
+                    self.publish_log(chunk, attempt, local)
+                if self.canceled:
+                    self.sweep_canceled()
+                    return
+                running = following
         except ex.Terminated:
             self.canceled = True
             self.sweep_canceled()
@@ -383,11 +418,16 @@ def _worker_main(store_uri: str, functions: dict[str, Callable] | None,
 
 
 def _redirect_stdio(stderr_path: str | None) -> None:
+    """A detached worker reads nothing and writes its own errors to `stderr_path`; the
+    caller's sys.stdout/sys.stderr objects (a notebook's, a test's) are replaced too."""
+    import io
     null = os.open(os.devnull, os.O_RDWR)
     err = os.open(stderr_path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600) if stderr_path else null
     os.dup2(null, 0)
     os.dup2(null, 1)
     os.dup2(err, 2)
+    sys.stdout = io.TextIOWrapper(io.FileIO(1, "w", closefd=False), line_buffering=True)
+    sys.stderr = io.TextIOWrapper(io.FileIO(2, "w", closefd=False), line_buffering=True)
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -80,3 +80,41 @@ def test_results_are_plain_pickles_readable_without_deploy():
         print(data["status"], data["values"], "deploy" in sys.modules)
     """).stdout
     assert out.strip() == "b'C' [{'a': 1}] False"
+
+
+def test_a_chunk_whose_inputs_cannot_be_read_fails_its_tasks():
+    """The task process reports a batch it cannot start; every task gets one Failed row
+    (instead of the worker retrying forever)."""
+    job = deploy.map_job.create(lambda: 1, [{}, {}], chunk_size=1)
+    assert job.wait(timeout=30) == "Completed"
+    _workers_gone(job)
+    job._store.put("inputs/000000", b"not a pickle")
+    job._store.delete("results/000000")
+    job._store.delete("claims")
+    again = deploy.jobs[job.name].resume()
+    assert again.wait(timeout=30) == "Failed"
+    metrics = again.get_metrics()
+    assert list(metrics.status) == ["Failed", "Completed"]
+    assert metrics.iloc[0].exception == "ChunkError"
+    assert "UnpicklingError" in metrics.iloc[0].exception_message
+
+
+def test_a_worker_that_dies_of_its_own_error_is_reported():
+    """A worker that dies outside any task leaves the job Failed with its stderr in
+    get_error(), instead of Running forever."""
+    job = deploy.map_job.create(lambda: 1, [{}])
+    assert job.wait(timeout=30) == "Completed"
+    _workers_gone(job)
+    job._store.delete("function.pkl")             # resumed workers load it: they cannot
+    job._store.delete("results/000000")
+    job._store.delete("claims")
+    again = deploy.jobs[job.name].resume()
+    assert again.wait(timeout=30) == "Failed"
+    assert "the workers wrote" in again.get_error()
+    assert "function.pkl" in again.get_error()
+
+
+def _workers_gone(job):
+    from waiting import wait_for
+    handle = job._launch()["handle"]
+    wait_for(lambda: not job.environment.alive(handle), what="the workers to exit")

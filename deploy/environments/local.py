@@ -81,9 +81,19 @@ class LocalAsync(Environment):
 
     def launch(self, launch: Launch) -> dict[str, Any]:
         from ..worker import start_workers
+        err = launch.store.local_path("workers.err")
         pids = start_workers(launch.store.uri, launch.functions, launch.workers, detach=True,
-                             stderr_path=launch.store.local_path("workers.err"))
-        return {"host": HOST, "pids": pids}
+                             stderr_path=err)
+        return {"host": HOST, "pids": pids, "stderr": err}
+
+    def describe_failure(self, handle: dict[str, Any]) -> str | None:
+        """The end of what the workers wrote to stderr (a worker's own error, not a task's)."""
+        try:
+            with open(handle.get("stderr") or "", "rb") as f:
+                tail = f.read()[-2000:].decode(errors="replace").strip()
+        except OSError:
+            return None
+        return f"the workers wrote:\n{tail}" if tail else None
 
     def alive(self, handle: dict[str, Any]) -> bool | None:
         if handle.get("host") != HOST:

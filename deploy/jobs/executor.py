@@ -18,10 +18,11 @@ import time
 from typing import Any, Callable
 
 from . import runner
-from .results import C_FAILED, ChunkResult, canceled
+from .results import C_FAILED, ChunkResult, PackedResult, canceled
 from .runner import Batch, Slot
 
 _LEN = struct.Struct("!Q")
+_HEAD = struct.Struct("!cqq")     # a rows message: D(one)/P(art)/E(rror), rows, first failure or -1
 _FLUSH_SECONDS = 0.5
 
 
@@ -48,6 +49,10 @@ class Interrupted(Exception):
         self.result, self.unrun = result, unrun
 
 
+class BatchError(Exception):
+    """The task process could not start a batch (its inputs cannot be read): no task ran."""
+
+
 class Terminated(BaseException):
     """Raised in the worker by SIGTERM so that blocking waits end at once."""
 
@@ -72,6 +77,15 @@ class InlineExecutor:
 
     def __init__(self, functions: dict[str, Callable], task_timeout: float | None, worker: str) -> None:
         self.functions, self.task_timeout, self.worker = functions, task_timeout, worker
+        self._submitted: tuple | None = None
+
+    def submit(self, kind: str, style: str, batch: Batch | tuple, log_path: str) -> None:
+        """Note the batch; it runs in `collect` (inline there is nothing to overlap)."""
+        self._submitted = (kind, style, batch, log_path)
+
+    def collect(self, poll: Callable[[], bool]) -> ChunkResult:
+        kind, style, batch, log_path = self._submitted
+        return self.run(kind, style, batch, log_path, poll)
 
     def run(self, kind: str, style: str, batch: Batch | tuple, log_path: str,
             poll: Callable[[], bool]) -> ChunkResult:
@@ -175,8 +189,12 @@ def _child_main(functions: dict[str, Callable], worker: str, tasks_fd: int, rows
         if msg is None:
             os._exit(0)
         kind, style, batch, log_path = msg
-        batch = _batch(batch)
-        log_fd = os.open(log_path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o600)
+        try:
+            batch = _batch(batch)
+            log_fd = os.open(log_path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o600)
+        except Exception as exc:
+            _send(rows_fd, _HEAD.pack(b"E", 0, -1) + f"{type(exc).__name__}: {exc}".encode())
+            continue
         os.dup2(log_fd, 1)
         os.dup2(log_fd, 2)
         os.close(log_fd)
@@ -186,13 +204,15 @@ def _child_main(functions: dict[str, Callable], worker: str, tasks_fd: int, rows
         result = ChunkResult(runner.HOST, worker)
 
         def flush() -> None:
-            _send(rows_fd, b"P" + runner.dumps_result(result))   # P: part of the batch
+            _send(rows_fd, _HEAD.pack(b"P", len(result), -1) + runner.dumps_result(result))
             result.clear()
 
         runner.run_calls(functions[kind], batch, result, style,
                          runner.Hooks(slot, output, flush, _FLUSH_SECONDS))
         slot.set_idle()
-        _send(rows_fd, b"D" + runner.dumps_result(result))     # D: the batch is done
+        data = runner.dumps_result(result)
+        failed = result.failed()
+        _send(rows_fd, _HEAD.pack(b"D", len(result), -1 if failed is None else failed) + data)
 
 
 class ForkExecutor:
@@ -243,55 +263,78 @@ class ForkExecutor:
         if self.pid is not None:
             self._kill()
 
-    def run(self, kind: str, style: str, batch: Batch | tuple, log_path: str,
-            poll: Callable[[], bool]) -> ChunkResult:
-        """Run `batch`: a Batch, or (input file bytes, first index, first and last attempt),
-        which goes to the task process as it is (the worker never unpickles inputs)."""
-        result = ChunkResult(runner.HOST, self.worker)
-        pending: Any = batch
-        while pending:
-            if self.pid is None:
-                self._start()
-            sent = pending
-            _send(self.tasks_fd, runner.dumps((kind, style, sent, log_path)))
-            received, pending = 0, None
-            while True:
-                try:
-                    ready, _, _ = select.select([self.rows_fd], [], [], 0.2)
-                except Terminated:
-                    self._kill()
-                    raise Interrupted(result, _rest(sent, received)) from None
-                if ready:
-                    msg = self._read_batch()
-                    if msg is not None:
-                        batch, done = msg
-                        result.extend(batch)
-                        received += len(batch)
-                        if done:
-                            break
-                        continue
-                    running = self.slot.read()
-                    how = self._kill()
-                    pending = self._after_loss(_batch(sent), received, running, result,
-                                               "WorkerLost", f"the process running the task {how}")
-                    break
-                running = self.slot.read()
-                if self.task_timeout and running[0] >= 0 and time.time() - running[2] > self.task_timeout:
-                    self._kill()
-                    pending = self._after_loss(_batch(sent), received, running, result, "TimeoutError",
-                                               f"task exceeded its timeout of {self.task_timeout:g} s")
-                    break
-                if not poll():
-                    self._kill()
-                    raise Interrupted(result, _rest(sent, received))
-        return result
+    def submit(self, kind: str, style: str, batch: Batch | tuple, log_path: str) -> None:
+        """Hand a batch to the task process and return at once: the worker publishes the
+        previous chunk while this one runs. `batch` is a Batch, or (input file bytes, first
+        index, first and last attempt), which goes as it is (the worker never unpickles it)."""
+        if self.pid is None:
+            self._start()
+        self._submitted = (kind, style, batch, log_path)
+        _send(self.tasks_fd, runner.dumps((kind, style, batch, log_path)))
 
-    def _read_batch(self) -> tuple[ChunkResult, bool] | None:
+    def collect(self, poll: Callable[[], bool]) -> ChunkResult | PackedResult:
+        """Wait for the submitted batch: its rows, with a row for a task that took the task
+        process down or timed out. Interrupted when `poll()` says stop or SIGTERM comes."""
+        kind, style, sent, log_path = self._submitted
+        result = ChunkResult(runner.HOST, self.worker)
+        received = idle_losses = 0
+        while True:
+            try:
+                ready, _, _ = select.select([self.rows_fd], [], [], 0.2)
+            except Terminated:
+                self._kill()
+                raise Interrupted(result, _rest(sent, received)) from None
+            if ready:
+                msg = self._read_rows()
+                if msg is not None:
+                    done, count, failed, body = msg
+                    if done is None:
+                        raise BatchError(body.decode(errors="replace"))
+                    if done and not len(result) and not received:
+                        return PackedResult(body, count, None if failed < 0 else failed)
+                    result.extend(ChunkResult.from_dict(pickle.loads(body)))
+                    received += count
+                    if done:
+                        return result
+                    continue
+                running = self.slot.read()
+                how = self._kill()
+                idle_losses += running[0] < 0
+                if idle_losses > 1:
+                    raise BatchError(f"the task process {how} twice before running a task")
+                rest = self._after_loss(_batch(sent), received, running, result,
+                                        "WorkerLost", f"the process running the task {how}")
+            else:
+                running = self.slot.read()
+                if not (self.task_timeout and running[0] >= 0
+                        and time.time() - running[2] > self.task_timeout):
+                    if not poll():
+                        self._kill()
+                        raise Interrupted(result, _rest(sent, received))
+                    continue
+                self._kill()
+                rest = self._after_loss(_batch(sent), received, running, result, "TimeoutError",
+                                        f"task exceeded its timeout of {self.task_timeout:g} s")
+            if rest is None:
+                return result
+            self.submit(kind, style, rest, log_path)
+            sent, received = rest, 0
+
+    def run(self, kind: str, style: str, batch: Batch | tuple, log_path: str,
+            poll: Callable[[], bool]) -> ChunkResult | PackedResult:
+        """submit, then collect."""
+        self.submit(kind, style, batch, log_path)
+        return self.collect(poll)
+
+    def _read_rows(self) -> tuple[bool | None, int, int, bytes] | None:
+        """(last message of the batch (None: an error), row count, first failed row or -1,
+        pickled rows or the error's text)."""
         head = _recv_exact(self.rows_fd, _LEN.size)
         body = None if head is None else _recv_exact(self.rows_fd, _LEN.unpack(head)[0])
         if body is None:
             return None
-        return ChunkResult.from_dict(pickle.loads(body[1:])), body[:1] == b"D"
+        kind, count, failed = _HEAD.unpack_from(body)
+        return None if kind == b"E" else kind == b"D", count, failed, body[_HEAD.size:]
 
     def _after_loss(self, sent: Batch, received: int, running: tuple[int, int, float],
                     result: ChunkResult, exc_type: str, message: str) -> Batch | None:

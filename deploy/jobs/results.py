@@ -112,6 +112,26 @@ class ChunkResult:
         return rows
 
 
+class PackedResult:
+    """A whole chunk's rows as the task process pickled them, in task order: the worker
+    publishes these bytes as they are instead of unpickling and pickling them again."""
+
+    __slots__ = ("raw", "count", "failed_pos")
+
+    def __init__(self, raw: bytes, count: int, failed_pos: int | None) -> None:
+        self.raw, self.count, self.failed_pos = raw, count, failed_pos
+
+    def __len__(self) -> int:
+        return self.count
+
+    def failed(self) -> int | None:
+        return self.failed_pos
+
+    def unpack(self) -> ChunkResult:
+        import pickle
+        return ChunkResult.from_dict(pickle.loads(self.raw))
+
+
 def canceled(indices: Any, attempts: Any, why: str, host: str, worker: str) -> ChunkResult:
     """Canceled rows for tasks that did not run."""
     out = ChunkResult(host, worker)
