@@ -164,7 +164,8 @@ class Job:
         alive = self._workers_alive()
         if alive is False:
             return self._stalled()
-        return RUNNING if self._store.list(layout.CLAIMS) else PENDING
+        started = self._store.list(layout.CLAIMS) or self._store.list(layout.HEARTBEATS)
+        return RUNNING if started else PENDING     # Pending: no worker has started yet
 
     def _final(self, status: str) -> str:
         if not self._final_recorded and self.name:
