@@ -50,6 +50,8 @@ class Worker:
         self.executor = (ex.InlineExecutor if inline else ex.ForkExecutor)(
             self.functions, self.spec.task_timeout, self.id)
         self.poll_seconds = max(store.poll_seconds, 0.1)
+        # a cancel marker is one stat away on local disk; remote stores are asked less often
+        self.cancel_check_seconds = 0.1 if store.local_path("") else store.poll_seconds
         self.seq = 0
         self.next_beat = 0.0
         self.next_cancel_check = 0.0
@@ -104,7 +106,7 @@ class Worker:
         now = time.monotonic()
         if not self.canceled and now >= self.next_cancel_check:
             self.canceled = self.store.exists(layout.CANCEL)
-            self.next_cancel_check = now + self.poll_seconds
+            self.next_cancel_check = now + self.cancel_check_seconds
         return not self.canceled
 
     # -- taking work ------------------------------------------------------------------
@@ -212,6 +214,7 @@ class Worker:
             self.store.create_exclusive(layout.CANCEL, json.dumps(
                 {"reason": "fail_fast", "task": self.spec.task_name(rows.index[failed]),
                  "time": time.time()}).encode())
+            self.canceled = True            # stop this worker's next chunk at once
         return published
 
     def start_chunk(self, chunk: int, attempt: int) -> tuple[int, int, str | None]:
@@ -311,7 +314,8 @@ class Worker:
                     running = self.start_chunk(*todo)
                 result = self.finish_chunk(running)
                 following = None
-                if result is not None and not self.canceled:
+                failing_fast = self.spec.fail_fast and result is not None and result.failed() is not None
+                if result is not None and not self.canceled and not failing_fast:
                     todo = self.claim_next()
                     if todo not in (None, DONE) and todo[0] < self.spec.chunk_count:
                         following = self.start_chunk(*todo)
