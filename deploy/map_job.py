@@ -103,12 +103,12 @@ def _dump_chunk(items: list, first: int) -> bytes:
                             f"sent to workers: {type(exc).__name__}: {exc}") from exc
 
 
-def resolve_environment(environment: Environment | str | None) -> Environment:
-    """An Environment, a saved name, a kind name ('LocalAsync'), or None for the default."""
+def resolve_environment(environment: Environment | str | None, default: str) -> Environment:
+    """An Environment, a saved name, a kind name ('LocalAsync'), or None for `default`."""
     if isinstance(environment, Environment):
         return environment
     if environment is None:
-        environment = config.get("default_environment")
+        environment = default
     if not isinstance(environment, str):
         raise TypeError("environment must be an Environment, a saved environment's name or "
                         f"None, got {type(environment).__name__}")
@@ -166,7 +166,7 @@ def submit(function: Callable, items: Iterable[Any], call_style: str, *, name: s
     if combiner_function is not None:
         _check_combiner(combiner_function)
     params = _parameters(items, max_tasks, dicts=call_style == "kwargs")
-    env = resolve_environment(environment)
+    env = resolve_environment(environment, settings["default_environment"])
     limit = float(settings["max_function_mb"])
     function_blob = _pickle_callable(function, "function", env, limit)
     combiner_blob = (_pickle_callable(combiner_function, "combiner_function", env, limit)

@@ -60,6 +60,7 @@ class Worker:
         self.scratch = None if store.local_path("") else tempfile.mkdtemp(prefix="deploy-worker-")
         self.live: tuple[str, str] | None = None       # (store path, local file) being streamed
         self.pushed: set[str] = set()                  # live logs that reached the store
+        self.complete: set[int] = set()                # chunks known to have every task Completed
 
     # -- liveness ---------------------------------------------------------------------
 
@@ -119,9 +120,12 @@ class Worker:
         done = self.store.list(layout.RESULTS)
         if len(done) < self.spec.chunk_count:
             return False, False
-        ok = all(self._read_result(c).status.count(C_OK) == len(self.spec.chunk_tasks(c))
-                 for c in range(self.spec.chunk_count))
-        return True, ok
+        for c in range(self.spec.chunk_count):
+            if c not in self.complete:       # published results never change: read each once
+                if self._read_result(c).status.count(C_OK) != len(self.spec.chunk_tasks(c)):
+                    return True, False
+                self.complete.add(c)
+        return True, True
 
     def candidates(self) -> list[int] | str:
         """Chunks that may still need a worker, or DONE."""

@@ -17,11 +17,6 @@ def _positive_int(value: Any, what: str) -> int:
     return value
 
 
-def local_job_store(job_id: str) -> LocalStorage:
-    """A new job directory under the deploy home, private to the user."""
-    return home_job_store(job_id)
-
-
 class Local(Environment):
     """Runs every task in the calling process, one after another; create() returns when
     the job is done. For debugging: breakpoints and prints work as usual."""
@@ -40,7 +35,7 @@ class Local(Environment):
         return 1
 
     def job_store(self, job_id: str) -> LocalStorage:
-        return local_job_store(job_id)
+        return home_job_store(job_id)
 
     def launch(self, launch: Launch) -> dict[str, Any]:
         from ..worker import Worker
@@ -77,7 +72,7 @@ class LocalAsync(Environment):
         return self._num_workers or os.cpu_count() or 1
 
     def job_store(self, job_id: str) -> LocalStorage:
-        return local_job_store(job_id)
+        return home_job_store(job_id)
 
     def launch(self, launch: Launch) -> dict[str, Any]:
         from ..worker import start_workers

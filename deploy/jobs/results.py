@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import array
 import operator
-from typing import Any, Callable, Iterator
+from typing import Any, Callable
 
 COMPLETED, FAILED, CANCELED = "Completed", "Failed", "Canceled"
 C_OK, C_FAILED, C_CANCELED = ord("C"), ord("F"), ord("X")
@@ -90,9 +90,6 @@ class ChunkResult:
         out.status = bytearray(data["status"])
         out.errors = data.get("errors") or {}
         return out
-
-    def statuses(self) -> Iterator[str]:
-        return (STATUS[c] for c in self.status)
 
     def rows(self, task_name: Callable[[int], str]) -> list[dict]:
         """Metrics rows (dicts), for tables and DataFrames."""

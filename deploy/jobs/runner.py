@@ -23,9 +23,6 @@ _MARKER = re.compile(rb"\x1e(-?\d+) (\d+)(?: @(\d+))?\n")
 _SLOW = 0.001        # tasks longer than this get their own memory sample
 _FD_CHECK = 20e-6    # tasks longer than this are checked for output written around Python
 
-STYLES = ("kwargs", "arg", "args")
-
-
 class Batch:
     """Tasks to run in order: their indices, items, first and last allowed attempts.
     Attempts are ints when the same for all (a chunk), lists otherwise (a retry)."""

@@ -55,8 +55,5 @@ class Storage(abc.ABC):
         """The local filesystem path of `path` when the store is on this machine's disk, else None."""
         return None
 
-    def join(self, *parts: str) -> str:
-        return "/".join(p.strip("/") for p in parts if p)
-
     def __repr__(self) -> str:
         return f"{type(self).__name__}({self.uri!r})"

@@ -12,7 +12,6 @@ CLAIMS = "claims"
 RESULTS = "results"
 LOGS = "logs"
 HEARTBEATS = "heartbeats"
-COMBINER_CLAIM = "claims/combiner"
 CONTAINERS = "containers"    # where an environment notes what ran its workers (YARN containers)
 
 
