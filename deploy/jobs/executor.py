@@ -105,7 +105,7 @@ class InlineExecutor:
         try:
             with contextlib.redirect_stdout(output.stdout), contextlib.redirect_stderr(output.stderr), \
                     _alarm() as arm:
-                runner.run_calls(fn, batch, result, style, runner.Hooks(output=output, before=before))
+                runner.run_calls(fn, batch, result, style, runner.Hooks(output, before=before))
         except _Stop:
             raise Interrupted(result, batch.take(range(stop[0], len(batch)))) from None
         finally:
@@ -208,7 +208,7 @@ def _child_main(functions: dict[str, Callable], worker: str, tasks_fd: int, rows
             result.clear()
 
         runner.run_calls(functions[kind], batch, result, style,
-                         runner.Hooks(slot, output, flush, _FLUSH_SECONDS))
+                         runner.Hooks(output, slot, flush, _FLUSH_SECONDS))
         slot.set_idle()
         data = runner.dumps_result(result)
         failed = result.failed()

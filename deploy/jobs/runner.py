@@ -6,6 +6,7 @@ sample only for tasks longer than a millisecond. Standard library only (cloudpic
 """
 from __future__ import annotations
 
+import array
 import io
 import os
 import pickle
@@ -90,19 +91,20 @@ def worker_id() -> str:
 
 
 class Hooks:
-    """What the task loop reports to, besides the result: all optional.
+    """What the task loop reports to, besides the result.
 
-    `slot`: shared memory the worker reads for timeouts and lost task processes (see
-    `Slot`); `output`: the TaskOutput that attributes printed output; `flush()`: called
-    after a call once `flush_every` seconds passed since the last; `before(pos)`: called
-    before each call.
+    `output`: the TaskOutput that attributes printed output; `slot`: shared memory the
+    worker reads for timeouts and lost task processes (see `Slot`; None: nobody watches);
+    `flush()`: called after a call once `flush_every` seconds passed since the last;
+    `before(pos)`: called before each call.
     """
 
-    def __init__(self, slot: "Slot | None" = None, output: "TaskOutput | None" = None,
+    def __init__(self, output: "TaskOutput", slot: "Slot | None" = None,
                  flush: Callable[[], None] | None = None, flush_every: float = 0.5,
                  before: Callable[[int], None] | None = None) -> None:
-        self.slot, self.output, self.flush = slot, output, flush
-        self.flush_every, self.before = flush_every, before
+        self.output, self.slot, self.flush = output, slot, flush
+        self.flush_every = flush_every if flush is not None else float("inf")
+        self.before = before
 
 
 class Slot:
@@ -124,69 +126,150 @@ class Slot:
 
 def run_calls(fn: Callable, batch: Batch, result: ChunkResult, style: str, hooks: Hooks) -> None:
     """Run each task as fn(**item), fn(item) or fn(*item) per `style`, re-running it while
-    it raises and attempts remain, into `result`. This loop is the per-task overhead of
-    every job, so its bookkeeping is inline and it reads the clock once per task: a task
-    starts when the one before it ended."""
+    it raises and attempts remain, into `result`.
+
+    This loop is the per-task overhead of every job. It reads the clock once per task (a
+    task starts when the one before it ended) and records only the end time and the value;
+    `_Rows` fills the other columns per run of tasks, from what the few irregular tasks
+    (failed, retried, slow, printing) noted."""
+    call = _caller(fn, style)
     kwargs_style, one_arg = style == "kwargs", style == "arg"
     now = time.time
-    memory = peak_memory_mb()
-    add_index, add_status, add_start = result.index.append, result.status.append, result.start.append
-    add_end, add_attempt = result.end.append, result.attempt.append
-    add_memory, add_value = result.memory.append, result.values.append
     output, before, flush, flush_every = hooks.output, hooks.before, hooks.flush, hooks.flush_every
-    slot = hooks.slot
-    ints = slot.ints if slot is not None else [0, 0]
-    starts = slot.start if slot is not None else [0.0]
-    indices, uniform = batch.indices, isinstance(batch.first, int)
-    attempt, last = (batch.first, batch.last) if uniform else (0, 0)
+    slot = hooks.slot or Slot(bytearray(Slot.SIZE))
+    ints, starts = slot.ints, slot.start
+    indices = batch.indices
+    output.follow(lambda: None if ints[0] < 0 else
+                  (indices[ints[0]], ints[1] or batch.attempts(ints[0])[0]))
+    add_end, add_value = result.end.append, result.values.append
     start = flushed = now()
-    for pos, item in enumerate(batch.items):
-        if before is not None:
-            before(pos)
-            start = now()
-        if not uniform:
-            attempt, last = batch.first[pos], batch.last[pos]
-        ints[0] = pos
-        starts[0] = start
-        if output is not None:
-            output.task, output.marked = (indices[pos], attempt), False
-        tried = attempt
+    rows = _Rows(result, batch, start, peak_memory_mb())
+
+    def retry(pos: int, item: Any, exc: Exception, start: float) -> None:
+        """The task raised: run it again while attempts remain; record its row."""
+        tried, last = batch.attempts(pos)
         while True:
+            end = now()
+            if tried >= last:
+                import traceback
+                add_end(end)
+                add_value(None)
+                rows.note(pos, start, tried, peak_memory_mb(), (type(exc).__name__, str(exc),
+                          "".join(traceback.format_exception(exc))))
+                break
+            tried += 1
+            ints[1] = tried
+            start = starts[0] = end
+            try:
+                value = call(item)
+            except Exception as again:
+                exc = again
+                continue
+            end = now()
+            add_end(end)
+            add_value(value)
+            rows.note(pos, start, tried, peak_memory_mb())
+            break
+        output.end()                  # while the slot still names the attempt
+        ints[1] = 0
+
+    try:
+        for pos, item in enumerate(batch.items):
+            if before is not None:
+                before(pos)
+                start = now()
+                rows.note(pos, start)
+            ints[0] = pos
+            starts[0] = start
             try:
                 value = fn(**item) if kwargs_style else fn(item) if one_arg else fn(*item)
             except Exception as exc:
-                end = now()
-                if tried < last:
-                    tried += 1
-                    ints[1] = tried
-                    start = starts[0] = end
-                    if output is not None:
-                        output.task, output.marked = (indices[pos], tried), False
-                    continue
-                memory = peak_memory_mb()
-                import traceback
-                result.add(indices[pos], C_FAILED, start, end, tried, memory, None,
-                           (type(exc).__name__, str(exc), traceback.format_exc()))
+                retry(pos, item, exc, start)
+                end = now()               # the next task starts after the traceback was made
+                rows.note(pos + 1, end)
             else:
                 end = now()
-                if end - start > _SLOW:
-                    memory = peak_memory_mb()
-                add_index(indices[pos])
-                add_status(C_OK)
-                add_start(start)
                 add_end(end)
-                add_attempt(tried)
-                add_memory(memory)
                 add_value(value)
-            break
-        if tried != attempt:
-            ints[1] = 0
-        if output is not None and (output.marked or end - start > _FD_CHECK):
-            output.end()
-        if flush is not None and end - flushed > flush_every:
-            flush()
-            flushed = end
-        start = end
+                if output.printed or end - start > _FD_CHECK:
+                    if end - start > _SLOW:
+                        rows.note(pos, memory=peak_memory_mb())
+                    output.end()
+            if end - flushed > flush_every:
+                rows.settle()
+                flush()
+                flushed = end
+                end = now()
+                rows.note(pos + 1, end)
+            start = end
+    finally:
+        rows.settle()
+
+
+def _caller(fn: Callable, style: str) -> Callable[[Any], Any]:
+    if style == "kwargs":
+        return lambda item: fn(**item)
+    if style == "arg":
+        return fn
+    return lambda item: fn(*item)
+
+
+class _Rows:
+    """The columns run_calls leaves implied, filled for each run of rows it recorded:
+    index from the batch, start from the row before, attempt from the batch, memory from
+    the last sample, status Completed; except where `note` recorded otherwise."""
+
+    def __init__(self, result: ChunkResult, batch: Batch, start: float, memory: float) -> None:
+        self.result, self.batch = result, batch
+        self.pos = 0                   # batch position of the first row not filled in yet
+        self.start = start             # its start, unless noted
+        self.memory = memory           # the last memory sample before it
+        self.noted: dict[int, dict] = {}
+
+    def note(self, pos: int, start: float | None = None, attempt: int | None = None,
+             memory: float | None = None, error: tuple | None = None) -> None:
+        """Record what differs from the implied values for the row of batch position `pos`."""
+        got = self.noted.setdefault(pos, {})
+        for key, value in (("start", start), ("attempt", attempt), ("memory", memory),
+                           ("error", error)):
+            if value is not None:
+                got[key] = value
+
+    def settle(self) -> None:
+        """Fill the implied columns of the rows recorded since the last call."""
+        r, batch, lo = self.result, self.batch, self.pos
+        base = len(r.index)
+        n = len(r.end) - base
+        if n <= 0:
+            return
+        hi = lo + n
+        r.index.extend(batch.indices[lo:hi])
+        r.start.append(self.start)
+        r.start.extend(r.end[base:base + n - 1])
+        if isinstance(batch.first, int):
+            r.attempt.extend(array.array("i", [batch.first]) * n)
+        else:
+            r.attempt.extend(array.array("i", batch.first[lo:hi]))
+        r.status.extend(bytes([C_OK]) * n)
+        noted = {pos: got for pos, got in self.noted.items() if pos < hi}
+        memory, at = self.memory, lo
+        for pos in sorted(noted):
+            sample = noted[pos].get("memory")
+            if sample is not None:
+                r.memory.extend(array.array("f", [memory]) * (pos - at))
+                memory, at = sample, pos
+        r.memory.extend(array.array("f", [memory]) * (hi - at))
+        for pos, got in noted.items():
+            row = base + pos - lo
+            if "start" in got:
+                r.start[row] = got["start"]
+            if "attempt" in got:
+                r.attempt[row] = got["attempt"]
+            if "error" in got:
+                r.status[row] = C_FAILED
+                r.errors[row] = got["error"]
+        self.noted = {pos: got for pos, got in self.noted.items() if pos >= hi}
+        self.pos, self.start, self.memory = hi, r.end[-1], memory
 
 
 # ---------------------------------------------------------------------------- output
@@ -198,25 +281,32 @@ def marker(index: int, attempt: int, began_at: int | None = None) -> bytes:
 
 class TaskOutput:
     """The task process's stdout/stderr while it runs a chunk: both go to one log file, and
-    a marker line names the task before the first output of each task that has any."""
+    a marker line names the task before the first output of each task that has any.
+
+    `follow(locate)` tells it how to find the running task ((index, attempt) or None); the
+    task loop checks `printed` after each task and calls `end()` for those that did."""
 
     def __init__(self, fd: int, err_fd: int | None = None) -> None:
         self.fd = fd
-        self.task: tuple[int, int] | None = None
-        self.marked = True
+        self.locate: Callable[[], tuple[int, int] | None] = lambda: None
+        self.marked: tuple[int, int] | None = None     # the task whose marker was written last
+        self.printed = False
         self.pos = os.lseek(fd, 0, os.SEEK_END)
         self.stdout = _MarkingStream(self, fd)
         self.stderr = _MarkingStream(self, fd if err_fd is None else err_fd)
 
-    def _mark(self, at_end: bool = False) -> None:
+    def follow(self, locate: Callable[[], tuple[int, int] | None]) -> None:
+        self.locate, self.marked = locate, None
+
+    def _mark(self, task: tuple[int, int], at_end: bool = False) -> None:
         """Write the marker; output that reached the fd without Python (os.write, child
         processes) since the last marker is claimed by offset."""
-        self.marked = True
         pos = os.lseek(self.fd, 0, os.SEEK_END)
         began = self.pos if pos != self.pos else None
         if at_end and began is None:
             return
-        data = marker(*self.task, began)
+        self.marked = task
+        data = marker(*task, began)
         os.write(self.fd, data)
         self.pos = pos + len(data)
 
@@ -226,10 +316,12 @@ class TaskOutput:
             self.stdout.flush_raw()
         if self.stderr.dirty:
             self.stderr.flush_raw()
-        if self.marked:
-            self.pos = os.lseek(self.fd, 0, os.SEEK_END)
+        task = self.locate()
+        if task is not None and task != self.marked:
+            self._mark(task, at_end=True)
         else:
-            self._mark(at_end=True)
+            self.pos = os.lseek(self.fd, 0, os.SEEK_END)
+        self.printed = False
 
 
 class _MarkingStream(io.TextIOBase):
@@ -242,10 +334,13 @@ class _MarkingStream(io.TextIOBase):
 
     def write(self, text: str) -> int:
         owner = self.owner
-        if not owner.marked and owner.task is not None and text:
-            owner.stdout.flush_raw()
-            owner.stderr.flush_raw()
-            owner._mark()
+        if text:
+            task = owner.locate()
+            if task is not None and task != owner.marked:
+                owner.stdout.flush_raw()
+                owner.stderr.flush_raw()
+                owner._mark(task)
+            owner.printed = True
         self.dirty = True
         return self.raw.write(text)
 
