@@ -1,6 +1,7 @@
 """Configuration: built-in defaults < user file < DEPLOY_* environment variables < arguments."""
 from __future__ import annotations
 
+import copy
 import os
 import sys
 from pathlib import Path
@@ -32,17 +33,30 @@ def _coerce(raw: str, like: Any) -> Any:
     return raw
 
 
-def load() -> dict[str, Any]:
-    """The effective settings, read fresh each call (cheap: two small files)."""
-    with open(_DEFAULTS, "rb") as f:
-        settings = tomllib.load(f)
-    path = user_config_path()
-    if path.exists():
+_parsed: dict[str, tuple[tuple, dict[str, Any]]] = {}    # path -> (file identity, contents)
+
+
+def _read_toml(path: Path) -> dict[str, Any]:
+    """A TOML file's contents (a copy); parsed again only when the file changed ({} if missing)."""
+    try:
+        st = os.stat(path)
+    except FileNotFoundError:
+        return {}
+    identity = (st.st_mtime_ns, st.st_size, st.st_ino)
+    cached = _parsed.get(str(path))
+    if cached is None or cached[0] != identity:
         try:
             with open(path, "rb") as f:
-                settings.update(tomllib.load(f))
+                cached = _parsed[str(path)] = (identity, tomllib.load(f))
         except tomllib.TOMLDecodeError as exc:
             raise ValueError(f"bad configuration file {path}: {exc}") from None
+    return copy.deepcopy(cached[1])
+
+
+def load() -> dict[str, Any]:
+    """The effective settings: the files as they are now, the environment as it is now."""
+    settings = _read_toml(_DEFAULTS)
+    settings.update(_read_toml(user_config_path()))
     for key, value in list(settings.items()):
         raw = os.environ.get("DEPLOY_" + key.upper())
         if raw is not None:

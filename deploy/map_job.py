@@ -28,8 +28,15 @@ def _parameters(parameter_set: Any, max_tasks: int, dicts: bool = True) -> list:
     if isinstance(parameter_set, (str, bytes, Mapping)) or not isinstance(parameter_set, Iterable):
         raise TypeError("parameter_set must be a list (or other iterable) of dicts of keyword "
                         f"arguments, got {type(parameter_set).__name__}")
-    params = list(itertools.islice(parameter_set, max_tasks + 1))
-    if len(params) > max_tasks:
+    if not dicts and isinstance(parameter_set, (list, tuple, range)):
+        params = parameter_set          # sliced per chunk as it is written: no copy needed
+    else:
+        params = list(itertools.islice(parameter_set, max_tasks + 1))
+    try:
+        too_many = len(params) > max_tasks
+    except OverflowError:               # a range longer than sys.maxsize
+        too_many = True
+    if too_many:
         raise ValueError(f"parameter_set has more than max_tasks={max_tasks} tasks; "
                          "pass a larger max_tasks= if you mean it")
     if not params:

@@ -37,9 +37,15 @@ def process_alive(pid: int) -> bool:
 
 
 def _killpg(pid: int, sig: int) -> None:
+    """Signal the group `pid` leads; the process alone if it has not made its group yet."""
     try:
         os.killpg(pid, sig)
-    except (ProcessLookupError, PermissionError):
+    except ProcessLookupError:
+        try:
+            os.kill(pid, sig)
+        except (ProcessLookupError, PermissionError):
+            pass
+    except PermissionError:
         pass
 
 

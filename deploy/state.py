@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import os
 import sqlite3
+import threading
 from typing import Iterator
 
 from . import config
@@ -18,17 +19,27 @@ create table if not exists environments (
 """
 
 
+_open = threading.local()        # this thread's connection: (pid, path, inode, connection)
+
+
 @contextlib.contextmanager
 def connect() -> Iterator[sqlite3.Connection]:
+    """The registry, open. One connection per process and thread is kept: opening one
+    and preparing the schema cost more than the statements a job makes."""
     path = config.home() / "registry.db"
-    fresh = not path.exists()
-    conn = sqlite3.connect(path, timeout=30, isolation_level=None)
     try:
-        if fresh:
+        inode = os.stat(path).st_ino
+    except FileNotFoundError:
+        inode = None
+    cached = getattr(_open, "db", None)
+    if cached is None or cached[:3] != (os.getpid(), str(path), inode) or inode is None:
+        conn = sqlite3.connect(path, timeout=30, isolation_level=None)
+        if inode is None:
             os.chmod(path, 0o600)
         conn.execute("pragma journal_mode=wal")
         conn.execute("pragma synchronous=normal")   # WAL stays consistent; commits skip fsync
         conn.executescript(_SCHEMA)
-        yield conn
-    finally:
-        conn.close()
+        if cached is not None and cached[0] == os.getpid():
+            cached[3].close()
+        cached = _open.db = (os.getpid(), str(path), os.stat(path).st_ino, conn)
+    yield cached[3]

@@ -369,50 +369,47 @@ def _signal(pid: int, signum: int) -> None:
         pass
 
 
+_detached: set[int] = set()      # detached workers this process forked and has not reaped
+
+
+def reap_detached() -> None:
+    """Collect the exit status of detached workers that ended, so none stays a zombie
+    (called at each launch and while waiting; process_alive counts zombies as gone)."""
+    for pid in list(_detached):
+        try:
+            done, _ = os.waitpid(pid, os.WNOHANG)
+        except ChildProcessError:
+            done = pid
+        if done:
+            _detached.discard(pid)
+
+
 def start_workers(store_uri: str, functions: dict[str, Callable] | None, count: int,
                   detach: bool, stderr_path: str | None = None) -> list[int]:
-    """Fork `count` workers for the job and return their pids. Detached workers are
-    grandchildren in a session of their own, each leading its own process group: they
-    outlive the caller, leave it no zombies, and `killpg` stops each with its tasks."""
-    if not detach:
-        pids = []
-        for _ in range(count):
-            pid = os.fork()
-            if pid == 0:
-                _worker_main(store_uri, functions, stderr_path, leader=False)
-            pids.append(pid)
-        return pids
-    read_fd, write_fd = os.pipe()
-    middle = os.fork()
-    if middle:
-        os.close(write_fd)
-        with os.fdopen(read_fd, "rb") as pipe:
-            pids = [int(p) for p in pipe.read().split()]
-        os.waitpid(middle, 0)
-        return pids
-    try:
-        os.close(read_fd)
-        os.setsid()
-        pids = []
-        for _ in range(count):
-            pid = os.fork()
-            if pid == 0:
-                os.close(write_fd)
-                _worker_main(store_uri, functions, stderr_path, leader=True)
-            os.setpgid(pid, pid)
-            pids.append(pid)
-        os.write(write_fd, " ".join(map(str, pids)).encode())
-    finally:
-        os._exit(0)
+    """Fork `count` workers for the job and return their pids. Detached workers each
+    start a session of their own (so each leads the process group that `killpg` stops
+    with its tasks, and no terminal signal reaches them) and outlive the caller, which
+    reaps them when it next launches or waits."""
+    if detach:
+        reap_detached()
+    pids = []
+    for _ in range(count):
+        pid = os.fork()
+        if pid == 0:
+            _worker_main(store_uri, functions, stderr_path, detach)
+        pids.append(pid)
+    if detach:
+        _detached.update(pids)
+    return pids
 
 
 def _worker_main(store_uri: str, functions: dict[str, Callable] | None,
-                 stderr_path: str | None, leader: bool) -> None:
+                 stderr_path: str | None, detach: bool) -> None:
     """The body of a forked worker process; never returns."""
     code = 0
     try:
-        if leader:
-            os.setpgid(0, 0)
+        if detach:
+            os.setsid()
         signal.signal(signal.SIGINT, signal.SIG_IGN)
         _redirect_stdio(stderr_path)
         ex.install_sigterm()

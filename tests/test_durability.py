@@ -5,6 +5,7 @@ import os
 
 import deploy
 from conftest import run_python
+from deploy.processes import wait_gone
 
 
 def test_job_completes_after_its_creator_is_killed_and_reopens_by_name():
@@ -118,3 +119,24 @@ def _workers_gone(job):
     from waiting import wait_for
     handle = job._launch()["handle"]
     wait_for(lambda: not job.environment.alive(handle), what="the workers to exit")
+
+
+def test_results_published_as_the_workers_exit_are_not_mistaken_for_a_stall():
+    """The last result file may appear between the status's look at the results and its
+    look at the workers (which are gone by then): that job is Completed, not Failed."""
+    job = deploy.map_job.create(lambda i: i, [{"i": i} for i in range(4)], chunk_size=1)
+    assert job.wait(timeout=30) == "Completed"
+    assert wait_gone(job._launch()["handle"]["pids"], 30)
+    last = job._store.local_path("results/000003")
+    aside = last + ".aside"
+    os.rename(last, aside)
+    reopened = deploy.jobs[job.name]
+    looks = reopened._workers_alive
+
+    def workers_gone_as_the_result_lands():
+        os.rename(aside, last)
+        return looks()
+
+    reopened._workers_alive = workers_gone_as_the_result_lands
+    assert reopened.get_status() == "Completed"
+    assert reopened.get_map_results() == [0, 1, 2, 3]

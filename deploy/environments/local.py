@@ -101,6 +101,8 @@ class LocalAsync(Environment):
 
     def wait_for_change(self, handle: dict[str, Any], timeout: float) -> None:
         """Return when a worker exits (the last one exits as the job ends), or at timeout."""
+        from ..worker import reap_detached
+        reap_detached()
         pids = handle.get("pids", []) if handle.get("host") == HOST else []
         alive = [p for p in pids if process_alive(p)]
         if alive:

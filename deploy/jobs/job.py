@@ -156,14 +156,18 @@ class Job:
             if spec.has_combiner:
                 combined = self._combined_result()
                 if combined is None:
-                    return RUNNING if self._workers_alive() is not False else self._stalled()
+                    if self._workers_alive() is not False:
+                        return RUNNING
+                    combined = self._combined_result()   # published as the workers left?
+                    if combined is None:
+                        return self._stalled()
                 return self._final(COMPLETED if combined.status.count(C_OK) == 1 else FAILED)
             return self._final(COMPLETED)
         if cancel is not None and cancel.get("reason") != "fail_fast":
             return CANCELED
-        alive = self._workers_alive()
-        if alive is False:
-            return self._stalled()
+        if self._workers_alive() is False:
+            self._refresh()                 # the last results may have come as the workers left
+            return self._status() if len(self._chunks) == spec.chunk_count else self._stalled()
         started = self._store.list(layout.CLAIMS) or self._store.list(layout.HEARTBEATS)
         return RUNNING if started else PENDING     # Pending: no worker has started yet
 
