@@ -1,7 +1,10 @@
 """One chunk's outcome, column by column: cheap to record per task, to pickle and to read.
 
 A published result file is a pickle of a plain dict (`ChunkResult.to_dict`), so any Python
-with the values' classes can read it without deploy.
+with the values' classes can read it without deploy. Columns that follow a pattern are
+stored by the pattern: `index` a range when the tasks are consecutive, `start` one number
+(the first task's start; each other task starts when the one before it ended), `attempt`
+and `memory` one number when the same for every task.
 """
 from __future__ import annotations
 
@@ -12,16 +15,18 @@ from typing import Any, Callable
 COMPLETED, FAILED, CANCELED = "Completed", "Failed", "Canceled"
 C_OK, C_FAILED, C_CANCELED = ord("C"), ord("F"), ord("X")
 STATUS = {C_OK: COMPLETED, C_FAILED: FAILED, C_CANCELED: CANCELED}
+_ARRAYS = (("start", "d"), ("end", "d"), ("attempt", "i"), ("memory", "f"))
 
 
 class ChunkResult:
-    """Parallel columns, one entry per task; `errors` holds (type, message, traceback) by position."""
+    """Parallel columns, one entry per task; `errors` holds (type, message, traceback) by
+    position. `index` is a range while the rows are consecutive tasks, else an array."""
 
     __slots__ = ("index", "start", "end", "attempt", "memory", "status", "errors", "values",
                  "host", "worker")
 
     def __init__(self, host: str = "", worker: str = "") -> None:
-        self.index = array.array("q")
+        self.index: range | array.array = range(0)
         self.start = array.array("d")
         self.end = array.array("d")
         self.attempt = array.array("i")
@@ -33,19 +38,31 @@ class ChunkResult:
 
     def clear(self) -> None:
         """Empty every column in place (bound `append`s stay valid)."""
-        for name in ("index", "start", "end", "attempt", "memory", "values"):
+        for name in ("start", "end", "attempt", "memory", "values"):
             del getattr(self, name)[:]
+        self.index = range(0)
         self.status.clear()
         self.errors.clear()
 
     def __len__(self) -> int:
         return len(self.index)
 
+    def add_index(self, indices: range | array.array | list) -> None:
+        """Append task indices, keeping a range while they stay consecutive."""
+        index = self.index
+        if type(indices) is range and type(index) is range and indices.step == 1 and (
+                not index or index.stop == indices.start):
+            self.index = range(index.start if index else indices.start, indices.stop)
+            return
+        if type(index) is range:
+            self.index = index = array.array("q", index)
+        index.extend(indices)
+
     def add(self, index: int, status: int, start: float, end: float, attempt: int, memory: float,
             value: Any = None, error: tuple[str, str | None, str | None] | None = None) -> None:
         if error is not None:
             self.errors[len(self.index)] = error
-        self.index.append(index)
+        self.add_index(range(index, index + 1))
         self.status.append(status)
         self.start.append(start)
         self.end.append(end)
@@ -57,13 +74,14 @@ class ChunkResult:
         base = len(self.index)
         for pos, err in other.errors.items():
             self.errors[base + pos] = err
-        for name in ("index", "start", "end", "attempt", "memory", "status", "values"):
+        self.add_index(other.index)
+        for name in ("start", "end", "attempt", "memory", "status", "values"):
             getattr(self, name).extend(getattr(other, name))
 
     def sorted(self) -> "ChunkResult":
         """The same rows in task order (rows arrive out of order after a lost task process)."""
         index = self.index
-        if all(map(operator.lt, index, index[1:])):
+        if type(index) is range or all(map(operator.lt, index, index[1:])):
             return self
         order = sorted(range(len(index)), key=index.__getitem__)
         out = ChunkResult(self.host, self.worker)
@@ -78,15 +96,32 @@ class ChunkResult:
         return None if pos < 0 else pos
 
     def to_dict(self) -> dict:
-        return {"host": self.host, "worker": self.worker, "index": self.index, "start": self.start,
-                "end": self.end, "attempt": self.attempt, "memory": self.memory,
+        """The published form: plain types, patterned columns stored by their pattern."""
+        n = len(self.index)
+        start, attempt, memory = self.start, self.attempt, self.memory
+        if n and start[1:].tobytes() == self.end[:-1].tobytes():
+            start = start[0]
+        if n and attempt.tobytes() == (array.array("i", attempt[:1]) * n).tobytes():
+            attempt = attempt[0]
+        if n and memory.tobytes() == (array.array("f", memory[:1]) * n).tobytes():
+            memory = memory[0]
+        return {"host": self.host, "worker": self.worker, "index": self.index, "start": start,
+                "end": self.end, "attempt": attempt, "memory": memory,
                 "status": bytes(self.status), "errors": self.errors, "values": self.values}
 
     @classmethod
     def from_dict(cls, data: dict) -> "ChunkResult":
         out = cls(data.get("host", ""), data.get("worker", ""))
-        for name in ("index", "start", "end", "attempt", "memory", "values"):
-            setattr(out, name, data[name])
+        out.index, out.end, out.values = data["index"], data["end"], data["values"]
+        n = len(out.index)
+        for name, code in _ARRAYS[2:]:
+            column = data[name]
+            setattr(out, name, column if isinstance(column, array.array)
+                    else array.array(code, [column]) * n)
+        start = data["start"]
+        if not isinstance(start, array.array):
+            start = array.array("d", [start] if n else []) + out.end[:-1]
+        out.start = start
         out.status = bytearray(data["status"])
         out.errors = data.get("errors") or {}
         return out

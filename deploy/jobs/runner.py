@@ -243,7 +243,7 @@ class _Rows:
         if n <= 0:
             return
         hi = lo + n
-        r.index.extend(batch.indices[lo:hi])
+        r.add_index(batch.indices[lo:hi])
         r.start.append(self.start)
         r.start.extend(r.end[base:base + n - 1])
         if isinstance(batch.first, int):
