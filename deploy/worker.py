@@ -42,13 +42,16 @@ class Worker:
     """One worker: claims chunks until the job is done, canceled, or nothing is left to take."""
 
     def __init__(self, store: Storage, spec: JobSpec | None = None,
-                 functions: dict[str, Callable] | None = None, inline: bool = False) -> None:
+                 functions: dict[str, Callable] | None = None, inline: bool = False,
+                 wake_fd: int | None = None) -> None:
         self.store = store
         self.spec = spec or JobSpec.from_json(store.get(layout.SPEC))
         self.functions = functions or load_functions(store, self.spec)
         self.id = f"{runner.worker_id()}-{os.urandom(2).hex()}"
+        self.wake_fd = wake_fd          # the client's wake pipe (LocalAsync): a byte per result
         self.executor = (ex.InlineExecutor if inline else ex.ForkExecutor)(
-            self.functions, self.spec.task_timeout, self.id)
+            self.functions, self.spec.task_timeout, self.id,
+            () if wake_fd is None else (wake_fd,))
         self.poll_seconds = max(store.poll_seconds, 0.1)
         # a cancel marker is one stat away on local disk; remote stores are asked less often
         self.cancel_check_seconds = 0.1 if store.local_path("") else store.poll_seconds
@@ -109,6 +112,16 @@ class Worker:
             self.canceled = self.store.exists(layout.CANCEL)
             self.next_cancel_check = now + self.cancel_check_seconds
         return not self.canceled
+
+    def wake(self) -> None:
+        """Tell a waiting client that a result was published (when it gave a wake pipe)."""
+        if self.wake_fd is not None:
+            try:
+                os.write(self.wake_fd, b"\0")
+            except BlockingIOError:
+                pass                    # a full pipe wakes the client just as well
+            except OSError:
+                self.wake_fd = None     # the client is gone
 
     # -- taking work ------------------------------------------------------------------
 
@@ -212,6 +225,8 @@ class Worker:
             result = result.sorted()
             data = runner.dumps_result(result)
         published = self.store.create_exclusive(layout.result(chunk), data)
+        if published:
+            self.wake()
         failed = result.failed()
         if published and failed is not None and self.spec.fail_fast and not self.canceled:
             rows = result.unpack() if isinstance(result, PackedResult) else result
@@ -271,6 +286,7 @@ class Worker:
             result.extend(ex.canceled_calls(stop.unrun, self.cancel_reason(), self.id))
         data = result.raw if isinstance(result, PackedResult) else runner.dumps_result(result)
         self.store.create_exclusive(layout.COMBINED, data)
+        self.wake()
         self.publish_log(n, attempt, local)
 
     def cancel_reason(self) -> str:
@@ -385,18 +401,20 @@ def reap_detached() -> None:
 
 
 def start_workers(store_uri: str, functions: dict[str, Callable] | None, count: int,
-                  detach: bool, stderr_path: str | None = None) -> list[int]:
+                  detach: bool, stderr_path: str | None = None,
+                  wake_fd: int | None = None) -> list[int]:
     """Fork `count` workers for the job and return their pids. Detached workers each
     start a session of their own (so each leads the process group that `killpg` stops
     with its tasks, and no terminal signal reaches them) and outlive the caller, which
-    reaps them when it next launches or waits."""
+    reaps them when it next launches or waits. Workers write a byte to `wake_fd` (a
+    non-blocking pipe) whenever they publish a result."""
     if detach:
         reap_detached()
     pids = []
     for _ in range(count):
         pid = os.fork()
         if pid == 0:
-            _worker_main(store_uri, functions, stderr_path, detach)
+            _worker_main(store_uri, functions, stderr_path, detach, wake_fd)
         pids.append(pid)
     if detach:
         _detached.update(pids)
@@ -404,7 +422,7 @@ def start_workers(store_uri: str, functions: dict[str, Callable] | None, count: 
 
 
 def _worker_main(store_uri: str, functions: dict[str, Callable] | None,
-                 stderr_path: str | None, detach: bool) -> None:
+                 stderr_path: str | None, detach: bool, wake_fd: int | None = None) -> None:
     """The body of a forked worker process; never returns."""
     code = 0
     try:
@@ -413,7 +431,7 @@ def _worker_main(store_uri: str, functions: dict[str, Callable] | None,
         signal.signal(signal.SIGINT, signal.SIG_IGN)
         _redirect_stdio(stderr_path)
         ex.install_sigterm()
-        Worker(open_store(store_uri), functions=functions).run()
+        Worker(open_store(store_uri), functions=functions, wake_fd=wake_fd).run()
     except BaseException:
         import traceback
         traceback.print_exc()

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import os
+import select
 import time
 from typing import Any
 
@@ -77,8 +78,19 @@ class LocalAsync(Environment):
     def launch(self, launch: Launch) -> dict[str, Any]:
         from ..worker import start_workers
         err = launch.store.local_path("workers.err")
-        pids = start_workers(launch.store.uri, launch.functions, launch.workers, detach=True,
-                             stderr_path=err)
+        _close_finished_wakers()
+        read_fd, write_fd = os.pipe()
+        os.set_blocking(read_fd, False)
+        os.set_blocking(write_fd, False)
+        try:
+            pids = start_workers(launch.store.uri, launch.functions, launch.workers, detach=True,
+                                 stderr_path=err, wake_fd=write_fd)
+        except BaseException:
+            os.close(read_fd)
+            raise
+        finally:
+            os.close(write_fd)
+        _wakers[tuple(pids)] = read_fd
         return {"host": HOST, "pids": pids, "stderr": err}
 
     def describe_failure(self, handle: dict[str, Any]) -> str | None:
@@ -100,12 +112,41 @@ class LocalAsync(Environment):
             stop_process_groups(list(handle.get("pids", [])))
 
     def wait_for_change(self, handle: dict[str, Any], timeout: float) -> None:
-        """Return when a worker exits (the last one exits as the job ends), or at timeout."""
+        """Return when a worker publishes a result (workers this process started tell it
+        through their wake pipe) or exits, or at timeout."""
         from ..worker import reap_detached
         reap_detached()
         pids = handle.get("pids", []) if handle.get("host") == HOST else []
+        waker = _wakers.get(tuple(pids))
+        if waker is not None:
+            if select.select([waker], [], [], timeout)[0]:
+                _drain(tuple(pids))
+            return
         alive = [p for p in pids if process_alive(p)]
         if alive:
             wait_gone(alive, timeout, any_exit=True)
         else:
             time.sleep(timeout)
+
+
+_wakers: dict[tuple[int, ...], int] = {}    # workers' pids -> read end of their wake pipe
+
+
+def _drain(key: tuple[int, ...]) -> bool:
+    """Empty a wake pipe; close it once every worker has closed its end. True if open."""
+    fd = _wakers[key]
+    while True:
+        try:
+            data = os.read(fd, 4096)
+        except BlockingIOError:
+            return True
+        if not data:
+            os.close(fd)
+            del _wakers[key]
+            return False
+
+
+def _close_finished_wakers() -> None:
+    """Close the wake pipes of jobs whose workers have all exited (nobody may wait on them)."""
+    for key in list(_wakers):
+        _drain(key)

@@ -75,7 +75,8 @@ def canceled_calls(batch: Batch, why: str, worker: str) -> ChunkResult:
 class InlineExecutor:
     """Runs calls in this process; Python-level output (print) is captured."""
 
-    def __init__(self, functions: dict[str, Callable], task_timeout: float | None, worker: str) -> None:
+    def __init__(self, functions: dict[str, Callable], task_timeout: float | None, worker: str,
+                 private_fds: tuple[int, ...] = ()) -> None:
         self.functions, self.task_timeout, self.worker = functions, task_timeout, worker
         self._submitted: tuple | None = None
 
@@ -222,8 +223,10 @@ class ForkExecutor:
     copy-on-write with the worker (and with the client, for LocalAsync), never pickled.
     """
 
-    def __init__(self, functions: dict[str, Callable], task_timeout: float | None, worker: str) -> None:
+    def __init__(self, functions: dict[str, Callable], task_timeout: float | None, worker: str,
+                 private_fds: tuple[int, ...] = ()) -> None:
         self.functions, self.task_timeout, self.worker = functions, task_timeout, worker
+        self.private_fds = private_fds      # the worker's own descriptors: closed in the child
         self.pid: int | None = None
         self.slot = Slot(mmap.mmap(-1, Slot.SIZE))
 
@@ -234,8 +237,8 @@ class ForkExecutor:
         pid = os.fork()
         if pid == 0:
             try:
-                os.close(tasks_w)
-                os.close(rows_r)
+                for fd in (tasks_w, rows_r, *self.private_fds):
+                    os.close(fd)
                 _child_main(self.functions, self.worker, tasks_r, rows_w, self.slot)
             finally:
                 os._exit(0)
