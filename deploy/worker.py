@@ -217,14 +217,18 @@ class Worker:
         if remote and os.path.exists(local):
             os.unlink(local)
 
+    def result_bytes(self, result: ChunkResult | PackedResult) -> bytes | bytearray:
+        """A result file's contents. Packed rows are published as the task process made
+        them (in task order already), as bytes for remote stores' clients."""
+        if not isinstance(result, PackedResult):
+            return runner.dumps_result(result)
+        return result.raw if self.store.local_path("") else bytes(result.raw)
+
     def publish(self, chunk: int, attempt: int, result: ChunkResult | PackedResult) -> bool:
         """Publish the chunk's rows; the first publisher wins, so every task has one final row."""
-        if isinstance(result, PackedResult):
-            data = result.raw                     # in task order already, as the task process made it
-        else:
+        if not isinstance(result, PackedResult):
             result = result.sorted()
-            data = runner.dumps_result(result)
-        published = self.store.create_exclusive(layout.result(chunk), data)
+        published = self.store.create_exclusive(layout.result(chunk), self.result_bytes(result))
         if published:
             self.wake()
         failed = result.failed()
@@ -284,8 +288,7 @@ class Worker:
         except ex.Interrupted as stop:
             result = stop.result
             result.extend(ex.canceled_calls(stop.unrun, self.cancel_reason(), self.id))
-        data = result.raw if isinstance(result, PackedResult) else runner.dumps_result(result)
-        self.store.create_exclusive(layout.COMBINED, data)
+        self.store.create_exclusive(layout.COMBINED, self.result_bytes(result))
         self.wake()
         self.publish_log(n, attempt, local)
 

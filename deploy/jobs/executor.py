@@ -145,21 +145,27 @@ def _alarm():
 
 # ---------------------------------------------------------------------------- forked
 
-def _send(fd: int, data: bytes) -> None:
-    view = memoryview(_LEN.pack(len(data)) + data)
-    while view:
-        view = view[os.write(fd, view):]
+def _send(fd: int, *parts: bytes) -> None:
+    """One message: its length, then `parts` (written as they are, not joined first)."""
+    views = [memoryview(_LEN.pack(sum(map(len, parts))))] + [memoryview(p) for p in parts]
+    while views:
+        sent = os.writev(fd, views)
+        while views and sent >= len(views[0]):
+            sent -= len(views.pop(0))
+        if views:
+            views[0] = views[0][sent:]
 
 
-def _recv_exact(fd: int, n: int) -> bytes | None:
-    parts, got = [], 0
+def _recv_exact(fd: int, n: int) -> bytearray | None:
+    """Exactly `n` bytes (read straight into one buffer), or None at end of file."""
+    buf = bytearray(n)
+    view, got = memoryview(buf), 0
     while got < n:
-        part = os.read(fd, min(n - got, 1 << 22))
-        if not part:
+        k = os.readv(fd, [view[got:]])
+        if not k:
             return None
-        parts.append(part)
-        got += len(part)
-    return b"".join(parts)
+        got += k
+    return buf
 
 
 def _recv(fd: int) -> Any:
@@ -194,7 +200,7 @@ def _child_main(functions: dict[str, Callable], worker: str, tasks_fd: int, rows
             batch = _batch(batch)
             log_fd = os.open(log_path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o600)
         except Exception as exc:
-            _send(rows_fd, _HEAD.pack(b"E", 0, -1) + f"{type(exc).__name__}: {exc}".encode())
+            _send(rows_fd, _HEAD.pack(b"E", 0, -1), f"{type(exc).__name__}: {exc}".encode())
             continue
         os.dup2(log_fd, 1)
         os.dup2(log_fd, 2)
@@ -205,7 +211,7 @@ def _child_main(functions: dict[str, Callable], worker: str, tasks_fd: int, rows
         result = ChunkResult(runner.HOST, worker)
 
         def flush() -> None:
-            _send(rows_fd, _HEAD.pack(b"P", len(result), -1) + runner.dumps_result(result))
+            _send(rows_fd, _HEAD.pack(b"P", len(result), -1), runner.dumps_result(result))
             result.clear()
 
         runner.run_calls(functions[kind], batch, result, style,
@@ -213,7 +219,7 @@ def _child_main(functions: dict[str, Callable], worker: str, tasks_fd: int, rows
         slot.set_idle()
         data = runner.dumps_result(result)
         failed = result.failed()
-        _send(rows_fd, _HEAD.pack(b"D", len(result), -1 if failed is None else failed) + data)
+        _send(rows_fd, _HEAD.pack(b"D", len(result), -1 if failed is None else failed), data)
 
 
 class ForkExecutor:
@@ -332,12 +338,12 @@ class ForkExecutor:
     def _read_rows(self) -> tuple[bool | None, int, int, bytes] | None:
         """(last message of the batch (None: an error), row count, first failed row or -1,
         pickled rows or the error's text)."""
-        head = _recv_exact(self.rows_fd, _LEN.size)
-        body = None if head is None else _recv_exact(self.rows_fd, _LEN.unpack(head)[0])
+        head = _recv_exact(self.rows_fd, _LEN.size + _HEAD.size)
+        body = None if head is None else _recv_exact(self.rows_fd, _LEN.unpack_from(head)[0] - _HEAD.size)
         if body is None:
             return None
-        kind, count, failed = _HEAD.unpack_from(body)
-        return None if kind == b"E" else kind == b"D", count, failed, body[_HEAD.size:]
+        kind, count, failed = _HEAD.unpack_from(head, _LEN.size)
+        return None if kind == b"E" else kind == b"D", count, failed, body
 
     def _after_loss(self, sent: Batch, received: int, running: tuple[int, int, float],
                     result: ChunkResult, exc_type: str, message: str) -> Batch | None:

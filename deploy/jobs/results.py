@@ -15,32 +15,53 @@ from typing import Any, Callable
 COMPLETED, FAILED, CANCELED = "Completed", "Failed", "Canceled"
 C_OK, C_FAILED, C_CANCELED = ord("C"), ord("F"), ord("X")
 STATUS = {C_OK: COMPLETED, C_FAILED: FAILED, C_CANCELED: CANCELED}
-_ARRAYS = (("start", "d"), ("end", "d"), ("attempt", "i"), ("memory", "f"))
 
 
 class ChunkResult:
     """Parallel columns, one entry per task; `errors` holds (type, message, traceback) by
     position. `index` is a range while the rows are consecutive tasks, else an array."""
 
-    __slots__ = ("index", "start", "end", "attempt", "memory", "status", "errors", "values",
+    __slots__ = ("index", "_start", "end", "_attempt", "_memory", "status", "errors", "values",
                  "host", "worker")
 
     def __init__(self, host: str = "", worker: str = "") -> None:
         self.index: range | array.array = range(0)
-        self.start = array.array("d")
+        self._start: array.array | float = array.array("d")
         self.end = array.array("d")
-        self.attempt = array.array("i")
-        self.memory = array.array("f")
+        self._attempt: array.array | int = array.array("i")
+        self._memory: array.array | float = array.array("f")
         self.status = bytearray()
         self.errors: dict[int, tuple[str, str | None, str | None]] = {}
         self.values: list[Any] = []
         self.host, self.worker = host, worker
 
+    # start, attempt and memory stay one number, as published, until a row asks for them
+
+    @property
+    def start(self) -> array.array:
+        if not isinstance(self._start, array.array):
+            first = [self._start] if len(self.index) else []
+            self._start = array.array("d", first) + self.end[:-1]
+        return self._start
+
+    @property
+    def attempt(self) -> array.array:
+        if not isinstance(self._attempt, array.array):
+            self._attempt = array.array("i", [self._attempt]) * len(self.index)
+        return self._attempt
+
+    @property
+    def memory(self) -> array.array:
+        if not isinstance(self._memory, array.array):
+            self._memory = array.array("f", [self._memory]) * len(self.index)
+        return self._memory
+
     def clear(self) -> None:
-        """Empty every column in place (bound `append`s stay valid)."""
-        for name in ("start", "end", "attempt", "memory", "values"):
-            del getattr(self, name)[:]
-        self.index = range(0)
+        """Empty every column (end and values in place: the task loop's bound appends stay valid)."""
+        self.index, self._start, self._attempt, self._memory = (
+            range(0), array.array("d"), array.array("i"), array.array("f"))
+        del self.end[:]
+        del self.values[:]
         self.status.clear()
         self.errors.clear()
 
@@ -113,15 +134,7 @@ class ChunkResult:
     def from_dict(cls, data: dict) -> "ChunkResult":
         out = cls(data.get("host", ""), data.get("worker", ""))
         out.index, out.end, out.values = data["index"], data["end"], data["values"]
-        n = len(out.index)
-        for name, code in _ARRAYS[2:]:
-            column = data[name]
-            setattr(out, name, column if isinstance(column, array.array)
-                    else array.array(code, [column]) * n)
-        start = data["start"]
-        if not isinstance(start, array.array):
-            start = array.array("d", [start] if n else []) + out.end[:-1]
-        out.start = start
+        out._start, out._attempt, out._memory = data["start"], data["attempt"], data["memory"]
         out.status = bytearray(data["status"])
         out.errors = data.get("errors") or {}
         return out

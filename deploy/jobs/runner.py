@@ -142,6 +142,7 @@ def run_calls(fn: Callable, batch: Batch, result: ChunkResult, style: str, hooks
     output.follow(lambda: None if ints[0] < 0 else
                   (indices[ints[0]], ints[1] or batch.attempts(ints[0])[0]))
     add_end, add_value = result.end.append, result.values.append
+    fd_check = _FD_CHECK
     start = flushed = now()
     rows = _Rows(result, batch, start, peak_memory_mb())
 
@@ -182,7 +183,7 @@ def run_calls(fn: Callable, batch: Batch, result: ChunkResult, style: str, hooks
             ints[0] = pos
             starts[0] = start
             try:
-                value = fn(**item) if kwargs_style else fn(item) if one_arg else fn(*item)
+                value = fn(item) if one_arg else fn(**item) if kwargs_style else fn(*item)
             except Exception as exc:
                 retry(pos, item, exc, start)
                 end = now()               # the next task starts after the traceback was made
@@ -191,7 +192,7 @@ def run_calls(fn: Callable, batch: Batch, result: ChunkResult, style: str, hooks
                 end = now()
                 add_end(end)
                 add_value(value)
-                if output.printed or end - start > _FD_CHECK:
+                if end - start > fd_check or output.printed:
                     if end - start > _SLOW:
                         rows.note(pos, memory=peak_memory_mb())
                     output.end()
