@@ -196,11 +196,11 @@ def submit(function: Callable, items: Iterable[Any], call_style: str, *, name: s
         heartbeat_seconds=float(settings["heartbeat_seconds"]), single=single,
         call_style=call_style, function_stored=stored)
     try:
-        write_job(store, spec, params, function_blob, combiner_blob)
         functions = {"map": function}
         if combiner_function is not None:
             functions["combine"] = combiner_function
-        handle = env.launch(Launch(store, spec, functions, min(workers, spec.chunk_count)))
+        handle = env.start(Launch(store, spec, functions, min(workers, spec.chunk_count)),
+                           lambda: write_job(store, spec, params, function_blob, combiner_blob))
         store.put(layout.LAUNCH, json.dumps({"environment": env.to_dict(), "handle": handle,
                                              "time": time.time()}).encode())
     except BaseException:

@@ -6,6 +6,7 @@ import contextlib
 import os
 import sqlite3
 import threading
+import time
 from typing import Iterator
 
 from . import config
@@ -17,6 +18,20 @@ create table if not exists jobs (
 create table if not exists environments (
     name text primary key, kind text not null, data text not null, saved real not null);
 """
+
+
+def _use_wal(conn: sqlite3.Connection) -> None:
+    """Switch a registry to WAL (once: the mode is kept in the file). Processes creating
+    the file at the same moment can get 'database is locked' here without sqlite's busy
+    wait, so this waits itself."""
+    deadline = time.monotonic() + 30
+    while conn.execute("pragma journal_mode").fetchone()[0].lower() != "wal":
+        try:
+            conn.execute("pragma journal_mode=wal")
+        except sqlite3.OperationalError as exc:
+            if "locked" not in str(exc) or time.monotonic() > deadline:
+                raise
+            time.sleep(0.01)
 
 
 _open = threading.local()        # this thread's connection: (pid, path, inode, connection)
@@ -36,7 +51,7 @@ def connect() -> Iterator[sqlite3.Connection]:
         conn = sqlite3.connect(path, timeout=30, isolation_level=None)
         if inode is None:
             os.chmod(path, 0o600)
-        conn.execute("pragma journal_mode=wal")
+        _use_wal(conn)
         conn.execute("pragma synchronous=normal")   # WAL stays consistent; commits skip fsync
         conn.executescript(_SCHEMA)
         if cached is not None and cached[0] == os.getpid():

@@ -404,20 +404,23 @@ def reap_detached() -> None:
 
 
 def start_workers(store_uri: str, functions: dict[str, Callable] | None, count: int,
-                  detach: bool, stderr_path: str | None = None,
-                  wake_fd: int | None = None) -> list[int]:
+                  detach: bool, stderr_path: str | None = None, wake_fd: int | None = None,
+                  gate: tuple[int | None, int | None] = (None, None),
+                  spec: JobSpec | None = None) -> list[int]:
     """Fork `count` workers for the job and return their pids. Detached workers each
     start a session of their own (so each leads the process group that `killpg` stops
     with its tasks, and no terminal signal reaches them) and outlive the caller, which
     reaps them when it next launches or waits. Workers write a byte to `wake_fd` (a
-    non-blocking pipe) whenever they publish a result."""
+    non-blocking pipe) whenever they publish a result. With a `gate` pipe (read end,
+    write end) and the job's `spec`, workers start their task process and then wait for
+    a byte on the gate before they take work; the gate closed without one stops them."""
     if detach:
         reap_detached()
     pids = []
     for _ in range(count):
         pid = os.fork()
         if pid == 0:
-            _worker_main(store_uri, functions, stderr_path, detach, wake_fd)
+            _worker_main(store_uri, functions, stderr_path, detach, wake_fd, gate, spec)
         pids.append(pid)
     if detach:
         _detached.update(pids)
@@ -425,16 +428,28 @@ def start_workers(store_uri: str, functions: dict[str, Callable] | None, count: 
 
 
 def _worker_main(store_uri: str, functions: dict[str, Callable] | None,
-                 stderr_path: str | None, detach: bool, wake_fd: int | None = None) -> None:
+                 stderr_path: str | None, detach: bool, wake_fd: int | None = None,
+                 gate: tuple[int | None, int | None] = (None, None),
+                 spec: JobSpec | None = None) -> None:
     """The body of a forked worker process; never returns."""
     code = 0
     try:
         if detach:
             os.setsid()
+        gate_r, gate_w = gate
+        if gate_w is not None:
+            os.close(gate_w)
         signal.signal(signal.SIGINT, signal.SIG_IGN)
         _redirect_stdio(stderr_path)
         ex.install_sigterm()
-        Worker(open_store(store_uri), functions=functions, wake_fd=wake_fd).run()
+        worker = Worker(open_store(store_uri), spec, functions, wake_fd=wake_fd)
+        if gate_r is not None:
+            worker.executor.start()         # while the caller writes the job directory
+            go = os.read(gate_r, 1)
+            os.close(gate_r)
+            if not go:
+                return                      # the job was not written: nothing to do
+        worker.run()
     except BaseException:
         import traceback
         traceback.print_exc()

@@ -9,6 +9,7 @@ import pytest
 import deploy
 from deploy.environment import LocalAsync
 from deploy.errors import EnvironmentNotFound, JobNotFound
+from deploy.processes import wait_gone
 
 
 def add(x, y):
@@ -80,9 +81,16 @@ def test_not_callable(deploy_home):
 
 
 def test_parameter_that_cannot_be_pickled(deploy_home):
+    """LocalAsync forks its workers while the job directory is written; when writing fails
+    they stop without taking any work, and nothing is left behind."""
+    from deploy import worker
+    before = set(worker._detached)
     with pytest.raises(TypeError, match="cannot be sent to workers"):
-        deploy.map_job.create(lambda v: v, [{"v": threading.Lock()}])
+        deploy.map_job.create(lambda v: v, [{"v": 1}, {"v": threading.Lock()}], chunk_size=1)
     assert nothing_written(deploy_home)
+    started = set(worker._detached) - before
+    assert len(started) == 2
+    assert wait_gone(sorted(started), 10)
 
 
 @pytest.mark.parametrize("workers", [0, -1, 1.5, True])
@@ -125,7 +133,7 @@ def test_bad_config_file(tmp_path, monkeypatch):
 
 def test_launch_failure_removes_the_job(deploy_home):
     class Broken(LocalAsync):
-        def launch(self, launch):
+        def start(self, launch, write):
             raise OSError("cannot start workers")
     with pytest.raises(OSError, match="cannot start workers"):
         deploy.map_job.create(add, [{"x": 1, "y": 2}], environment=Broken("broken"))

@@ -49,6 +49,12 @@ class Environment(abc.ABC):
     def launch(self, launch: Launch) -> dict[str, Any]:
         """Start workers for a written job; return a JSON-able handle for alive/cancel."""
 
+    def start(self, launch: Launch, write: Callable[[], None]) -> dict[str, Any]:
+        """Write the job directory (`write()`) and start its workers, in whichever order
+        starts the tasks sooner here; the handle as from `launch`. Default: write, launch."""
+        write()
+        return self.launch(launch)
+
     def alive(self, handle: dict[str, Any]) -> bool | None:
         """Whether workers started by `launch` may still be running (None: cannot tell)."""
         return None

@@ -4,7 +4,7 @@ from __future__ import annotations
 import os
 import select
 import time
-from typing import Any
+from typing import Any, Callable
 
 from ..jobs.runner import HOST
 from ..processes import process_alive, stop_process_groups, wait_gone
@@ -76,21 +76,41 @@ class LocalAsync(Environment):
         return home_job_store(job_id)
 
     def launch(self, launch: Launch) -> dict[str, Any]:
+        return self.start(launch, None)
+
+    def start(self, launch: Launch, write: Callable[[], None] | None) -> dict[str, Any]:
+        """Fork the workers first: they make their task processes while this process
+        writes the job directory, and begin when it is written (or exit if that fails)."""
         from ..worker import start_workers
         err = launch.store.local_path("workers.err")
+        os.makedirs(os.path.dirname(err), mode=0o700, exist_ok=True)
         _close_finished_wakers()
-        read_fd, write_fd = os.pipe()
-        os.set_blocking(read_fd, False)
-        os.set_blocking(write_fd, False)
+        wake_r, wake_w = os.pipe()
+        os.set_blocking(wake_r, False)
+        os.set_blocking(wake_w, False)
+        gate_r, gate_w = os.pipe() if write is not None else (None, None)
         try:
             pids = start_workers(launch.store.uri, launch.functions, launch.workers, detach=True,
-                                 stderr_path=err, wake_fd=write_fd)
+                                 stderr_path=err, wake_fd=wake_w, gate=(gate_r, gate_w),
+                                 spec=launch.spec)
         except BaseException:
-            os.close(read_fd)
+            for fd in (wake_r, gate_r, gate_w):
+                if fd is not None:
+                    os.close(fd)
             raise
         finally:
-            os.close(write_fd)
-        _wakers[tuple(pids)] = read_fd
+            os.close(wake_w)
+        _wakers[tuple(pids)] = wake_r
+        if write is not None:
+            os.close(gate_r)
+            try:
+                write()
+                try:
+                    os.write(gate_w, b"1" * len(pids))  # go; closing without it stops them
+                except BrokenPipeError:
+                    pass                # every worker died already: the job's status says so
+            finally:
+                os.close(gate_w)
         return {"host": HOST, "pids": pids, "stderr": err}
 
     def describe_failure(self, handle: dict[str, Any]) -> str | None:

@@ -272,12 +272,16 @@ class ForkExecutor:
         if self.pid is not None:
             self._kill()
 
+    def start(self) -> None:
+        """Start the task process now rather than at the first submit."""
+        if self.pid is None:
+            self._start()
+
     def submit(self, kind: str, style: str, batch: Batch | tuple, log_path: str) -> None:
         """Hand a batch to the task process and return at once: the worker publishes the
         previous chunk while this one runs. `batch` is a Batch, or (input file bytes, first
         index, first and last attempt), which goes as it is (the worker never unpickles it)."""
-        if self.pid is None:
-            self._start()
+        self.start()
         self._submitted = (kind, style, batch, log_path)
         _send(self.tasks_fd, runner.dumps((kind, style, batch, log_path)))
 
