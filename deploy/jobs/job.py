@@ -41,6 +41,7 @@ class Job:
         self.name = name or (spec.name if spec else None)
         self.id = job_id or (spec.id if spec else None)
         self._final_recorded = False
+        self._looked = False
 
     # -- reading the directory ----------------------------------------------------------
 
@@ -86,11 +87,13 @@ class Job:
             self._chunks[chunk] = got
         return got
 
-    def _refresh(self) -> None:
-        """Load the result files published since the last look (one listing)."""
+    def _refresh(self) -> int:
+        """Load the result files published since the last look (one listing); how many."""
+        new = 0
         for name in self._store.list(layout.RESULTS):
             if name.isdigit() and int(name) not in self._chunks:
-                self._chunk(int(name))
+                new += self._chunk(int(name)) is not None
+        return new
 
     def _rows(self, refresh: bool = True) -> list[dict]:
         """One row per task: published rows, and Pending/Running placeholders."""
@@ -145,7 +148,9 @@ class Job:
 
     def _status(self) -> str:
         spec = self.spec
-        self._refresh()
+        looked = self._looked
+        self._looked = True
+        progressed = self._refresh() and looked     # results came since this Job last looked
         cancel = self._cancel_info()
         if len(self._chunks) == spec.chunk_count:
             if cancel is not None and cancel.get("reason") != "fail_fast" and \
@@ -165,6 +170,8 @@ class Job:
             return self._final(COMPLETED)
         if cancel is not None and cancel.get("reason") != "fail_fast":
             return CANCELED
+        if progressed:
+            return RUNNING                  # results just came: some worker is at work
         if self._workers_alive() is False:
             self._refresh()                 # the last results may have come as the workers left
             return self._status() if len(self._chunks) == spec.chunk_count else self._stalled()

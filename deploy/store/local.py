@@ -2,10 +2,13 @@
 from __future__ import annotations
 
 import os
+import itertools
 import shutil
-import tempfile
 
 from .base import Storage
+
+
+_temp_names = itertools.count()
 
 
 class LocalStorage(Storage):
@@ -28,18 +31,27 @@ class LocalStorage(Storage):
             return f.read()
 
     def _write_temp(self, target: str, data: bytes) -> str:
+        """Write `data` to a new private file beside `target` (unique per process and call)."""
         directory = os.path.dirname(target)
+        flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_CLOEXEC", 0)
+        while True:
+            tmp = os.path.join(directory, f".tmp-{os.getpid()}-{next(_temp_names)}")
+            try:
+                fd = os.open(tmp, flags, 0o600)
+                break
+            except FileNotFoundError:
+                os.makedirs(directory, mode=0o700, exist_ok=True)
+            except FileExistsError:
+                pass                    # left by a crashed process that had this pid
         try:
-            fd, tmp = tempfile.mkstemp(dir=directory, prefix=".tmp-")
-        except FileNotFoundError:
-            os.makedirs(directory, mode=0o700, exist_ok=True)
-            fd, tmp = tempfile.mkstemp(dir=directory, prefix=".tmp-")
-        try:
-            with os.fdopen(fd, "wb") as f:
-                f.write(data)
+            view = memoryview(data)
+            while view:
+                view = view[os.write(fd, view):]
         except BaseException:
             os.unlink(tmp)
             raise
+        finally:
+            os.close(fd)
         return tmp
 
     def put(self, path: str, data: bytes) -> None:
