@@ -318,7 +318,7 @@ class Worker:
         """Work until the job is done or canceled. Chunks are pipelined: the next chunk is
         claimed and handed to the task process before the finished one is published."""
         try:
-            self.beat(force=True)
+            self.next_beat = float("inf")   # the first heartbeat: once the first chunk runs
             running = None
             while True:
                 if running is None:
@@ -328,13 +328,16 @@ class Worker:
                     todo = self.claim_next()
                     if todo == DONE:
                         return
+                    if todo is not None and todo[0] < self.spec.chunk_count:
+                        running = self.start_chunk(*todo)
+                    if self.seq == 0:
+                        self.beat(force=True)
                     if todo is None:
                         time.sleep(self.poll_seconds)   # chunks held by live workers: wait to help
                         continue
-                    if todo[0] == self.spec.chunk_count:
+                    if running is None:
                         self.run_combiner(todo[1])
                         continue
-                    running = self.start_chunk(*todo)
                 result = self.finish_chunk(running)
                 following = None
                 failing_fast = self.spec.fail_fast and result is not None and result.failed() is not None
