@@ -67,7 +67,8 @@ def instrument(table: dict) -> None:
     for name in ("_parameters", "resolve_environment", "_pickle_callable", "write_job"):
         setattr(map_job, name, _timed(table, f"submit: {name}", getattr(map_job, name)))
     JobRegistry.reserve = _timed(table, "submit: registry.reserve (sqlite)", JobRegistry.reserve)
-    LocalAsync.launch = _timed(table, "submit: LocalAsync.launch (fork workers)", LocalAsync.launch)
+    LocalAsync.start = _timed(table, "submit: LocalAsync.start (fork workers, write the job)",
+                              LocalAsync.start)
 
 
 def phases(n: int, reps: int) -> None:
@@ -166,11 +167,11 @@ def timeline(n: int, reps: int) -> None:
     around(worker.Worker, "claim_next", "worker.claim", enter=False)
     around(worker.Worker, "calls", "worker.read_inputs", enter=False)
     around(executor.ForkExecutor, "_start", "worker.fork_task_process")
-    around(executor.ForkExecutor, "_read_batch", "worker.got_rows", enter=False)
+    around(executor.ForkExecutor, "_read_rows", "worker.got_rows", enter=False)
     around(worker.Worker, "publish", "worker.publish")
     around(worker.Worker, "publish_log", "worker.publish_log")
     around(executor, "_child_main", "task.main")
-    around(runner, "inputs_to_calls", "task.unpickle_inputs")
+    around(runner.Batch, "from_inputs", "task.unpickle_inputs")
     around(runner, "run_calls", "task.run_calls")
     around(map_job, "write_job", "client.write_job")
     around(worker, "start_workers", "client.fork_workers")
@@ -237,35 +238,29 @@ def pertask(n: int) -> None:
     import mmap
     import pickle
     import timeit
-    from deploy.jobs import executor, runner
+    from deploy.jobs import runner
     from deploy.jobs.results import ChunkResult
     items = list(range(n))
     raw = pickle.dumps(items, protocol=pickle.HIGHEST_PROTOCOL)
-    calls = runner.inputs_to_calls(raw, 0, 1, 1)
-    slot = mmap.mmap(-1, executor._SLOT.size)
+    batch = runner.Batch.from_inputs(raw, 0, 1, 1)
+    slot = runner.Slot(mmap.mmap(-1, runner.Slot.SIZE))
     devnull = os.open(os.devnull, os.O_WRONLY)
     output = runner.TaskOutput(devnull)
 
     def loop(hooks):
         result = ChunkResult("h", "w")
-        runner.run_calls(inc, calls, result, "arg", hooks)
+        runner.run_calls(inc, batch, result, "arg", hooks)
         return result
 
-    done = loop(runner.Hooks(slot, executor._SLOT.pack_into, output, lambda: None, 0.5))
+    done = loop(runner.Hooks(output, slot, lambda: None, 0.5))
     blob = runner.dumps_result(done)
     steps = [
-        ("task process: unpickle the chunk's inputs (pickle.loads)", lambda: pickle.loads(raw)),
-        ("task process: inputs -> (index, item, attempt, last) calls",
-         lambda: runner.inputs_to_calls(raw, 0, 1, 1)),
+        ("task process: unpickle the chunk's inputs (Batch.from_inputs)",
+         lambda: runner.Batch.from_inputs(raw, 0, 1, 1)),
         ("task process: run_calls, as in a task process (slot, output)",
-         lambda: loop(runner.Hooks(slot, executor._SLOT.pack_into, output, lambda: None, 0.5))),
-        ("task process: run_calls without slot and output hooks", lambda: loop(runner.Hooks())),
+         lambda: loop(runner.Hooks(output, slot, lambda: None, 0.5))),
+        ("task process: run_calls without the shared slot", lambda: loop(runner.Hooks(output))),
         ("task process: pickle the rows (dumps_result)", lambda: runner.dumps_result(done)),
-        ("worker: unpickle the rows (ChunkResult.from_dict)",
-         lambda: ChunkResult.from_dict(pickle.loads(blob))),
-        ("worker: result.extend(batch)", lambda: ChunkResult("h", "w").extend(done)),
-        ("worker: ChunkResult.sorted() (rows already in order)", lambda: done.sorted()),
-        ("worker: pickle the rows again to publish (dumps_result)", lambda: runner.dumps_result(done)),
         ("client: unpickle the published rows (Job._chunk)",
          lambda: ChunkResult.from_dict(pickle.loads(blob))),
         ("for comparison, Pool's worker: list(map(f, chunk))", lambda: list(map(inc, items))),
@@ -276,8 +271,7 @@ def pertask(n: int) -> None:
     total = 0.0
     for label, fn in steps:
         best = min(timeit.repeat(fn, number=1, repeat=7)) / n * 1e6
-        if label.startswith(("task process", "worker", "client")) and "without" not in label \
-                and "pickle.loads)" not in label:
+        if label.startswith(("task process", "client")) and "without" not in label:
             total += best
         print(f"  {label:62} {best:6.3f}")
     print(f"  {'deploy total (the steps above, once each)':62} {total:6.3f}")

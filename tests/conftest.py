@@ -50,3 +50,16 @@ def run_python(code: str, *args: str, timeout: float = 60, env: dict | None = No
     if check and proc.returncode != 0:
         raise AssertionError(f"exit {proc.returncode}\nstdout:\n{proc.stdout}\nstderr:\n{proc.stderr}")
     return proc
+
+
+def registry_bytes(home) -> bytes:
+    """Everything the registry holds on disk: the database and its write-ahead log (recent
+    writes live there until sqlite checkpoints them)."""
+    data = b""
+    for name in ("registry.db", "registry.db-wal"):
+        try:
+            with open(os.path.join(str(home), name), "rb") as f:
+                data += f.read()
+        except FileNotFoundError:
+            pass
+    return data

@@ -21,7 +21,7 @@ import time
 import pytest
 
 import deploy
-from conftest import ROOT
+from conftest import ROOT, registry_bytes
 from deploy.environments.hadoop import HadoopCluster, HadoopError
 from deploy.errors import JobError
 from waiting import wait_for
@@ -166,8 +166,7 @@ def test_graphlab_example_on_yarn_and_reopened_from_a_new_process(hadoop_cluster
     out, err = other.communicate(timeout=180)
     assert other.returncode == 0, err
     assert out.splitlines() == ["HadoopCluster 2 256", "70", "[2, 3]"]
-    with open(os.path.join(os.environ["DEPLOY_HOME"], "registry.db"), "rb") as f:
-        registry = f.read()                  # the conf dir's path is saved, not its addresses
+    registry = registry_bytes(os.environ["DEPLOY_HOME"])   # the conf dir's path, not its addresses
     assert str(hadoop_cluster.hadoop_conf_dir).encode() in registry
     assert hadoop_cluster.webhdfs_url.encode() not in registry
 

@@ -19,7 +19,7 @@ import time
 import pytest
 
 import deploy
-from conftest import ROOT, run_python
+from conftest import ROOT, registry_bytes, run_python
 from deploy.environments.ssh import HostError, SshCluster
 from waiting import wait_for
 from wheels import make_wheel
@@ -391,7 +391,7 @@ def test_reopened_by_name_from_a_new_process(cluster, ssh_hosts, deploy_home):
         print(job.get_results(timeout=60))
     """).stdout.splitlines()
     assert out == ["SshCluster ['host1', 'host2', 'host3']", "[2, 3]"]
-    registry = (deploy_home / "registry.db").read_bytes()
+    registry = registry_bytes(deploy_home)
     assert str(key).encode() in registry                          # the key's path is fine...
     assert key.read_bytes().split(b"\n")[1][:40] not in registry  # ...its content never
     assert b"PRIVATE KEY" not in registry
@@ -455,7 +455,7 @@ def test_job_outlives_its_client_with_an_s3_store(cluster, ssh_hosts, s3_env, de
     s3 = boto3.client("s3")
     for obj in s3.list_objects_v2(Bucket=s3_env).get("Contents", []):
         assert secret not in s3.get_object(Bucket=s3_env, Key=obj["Key"])["Body"].read(), obj["Key"]
-    assert secret not in (deploy_home / "registry.db").read_bytes()
+    assert secret not in registry_bytes(deploy_home)
     for host in ssh_hosts[:3]:
         for folder, _, files in os.walk(host.home / ".deploy" / "remote" / "jobs"):
             for f in files:
