@@ -5,6 +5,10 @@
 Workloads: 100,000 tiny tasks (x + 1), wall time; 64 CPU-bound tasks of 0.25 s, efficiency
 (ideal wall on all cores / measured wall). Runs alternate deploy / peer and report medians
 and the ratio deploy / peer. Targets (issue 2): tiny within 2x of Pool.map; efficiency >= 0.97.
+All rounds run in this one process: every Pool run creates its pool, every deploy run is a
+new job (its workers are forked for it); deploy's first run also pays its lazy imports
+(cloudpickle, sqlite3), which the median leaves out. benchmarks/run.py measures each run in
+a fresh interpreter instead (its "cold" column).
 """
 from __future__ import annotations
 
@@ -18,6 +22,9 @@ import time
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
+from bytecode import ensure_compiled  # noqa: E402
+
+ensure_compiled()
 import deploy  # noqa: E402
 
 CORES = os.cpu_count() or 1

@@ -855,6 +855,8 @@ def main() -> None:
                         help="measure nothing: render the tables, chart (and README, for a full "
                         "run) again from a results.json")
     args = parser.parse_args()
+    from bytecode import ensure_compiled
+    ensure_compiled()
     if args.from_json:
         render(args.from_json, args.out or os.path.dirname(os.path.abspath(args.from_json)),
                readme=not args.no_readme)
