@@ -140,3 +140,21 @@ def test_results_published_as_the_workers_exit_are_not_mistaken_for_a_stall():
     reopened._workers_alive = workers_gone_as_the_result_lands
     assert reopened.get_status() == "Completed"
     assert reopened.get_map_results() == [0, 1, 2, 3]
+
+
+def test_the_creator_reaps_its_exited_workers():
+    """LocalAsync workers are children of the creating process; once they exit they are
+    reaped at its next launch or wait, so a long-lived process does not collect zombies."""
+    first = deploy.map_job.create(lambda i: i, [{"i": i} for i in range(4)])
+    assert first.wait(timeout=30) == "Completed"
+    pids = first._launch()["handle"]["pids"]
+    assert wait_gone(pids, 30)
+    second = deploy.map_job.create(lambda i: i, [{"i": 1}])
+    assert second.wait(timeout=30) == "Completed"
+    for pid in pids:
+        try:
+            with open(f"/proc/{pid}/stat") as f:
+                fields = f.read().rsplit(")", 1)[1].split()
+        except FileNotFoundError:
+            continue                        # reaped and gone
+        assert not (fields[0] == "Z" and int(fields[1]) == os.getpid()), f"worker {pid} is a zombie"

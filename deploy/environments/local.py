@@ -123,6 +123,8 @@ class LocalAsync(Environment):
         return f"the workers wrote:\n{tail}" if tail else None
 
     def alive(self, handle: dict[str, Any]) -> bool | None:
+        from ..worker import reap_detached
+        reap_detached()                 # a status check is as good a time as any
         if handle.get("host") != HOST:
             return None
         return any(process_alive(p) for p in handle.get("pids", []))
