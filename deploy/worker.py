@@ -151,16 +151,25 @@ class Worker:
                 return [n]                    # the combiner, as one more "chunk"
         return DONE
 
-    def claim_next(self) -> tuple[int, int] | str | None:
-        """(chunk, attempt) this worker now owns, DONE, or None (all taken by live workers)."""
-        todo = self.candidates()
-        if todo == DONE:
-            return DONE
+    def claim_next(self, combiner: bool = True) -> tuple[int, int] | str | None:
+        """(chunk, attempt) this worker now owns, DONE, or None (all taken by live workers);
+        the combiner only if `combiner`. A chunk nobody claimed has no result yet (only a
+        cancel writes results without a claim), so results are listed only once every
+        chunk has been claimed."""
         claimed: dict[int, int] = {}
         for name in self.store.list(layout.CLAIMS):
             parsed = layout.parse_claim(name)
             if parsed:
                 claimed[parsed[0]] = max(parsed[1], claimed.get(parsed[0], -1))
+        for chunk in range(self.spec.chunk_count):
+            if chunk not in claimed and self.store.create_exclusive(
+                    layout.claim(chunk, 0), self.id.encode()):
+                return chunk, 0
+        todo = self.candidates()
+        if todo == DONE:
+            return DONE
+        if not combiner:
+            todo = [c for c in todo if c < self.spec.chunk_count]
         for chunk in todo:
             if chunk not in claimed and self.store.create_exclusive(
                     layout.claim(chunk, 0), self.id.encode()):
@@ -225,17 +234,22 @@ class Worker:
         return result.raw if self.store.local_path("") else bytes(result.raw)
 
     def publish(self, chunk: int, attempt: int, result: ChunkResult | PackedResult) -> bool:
-        """Publish the chunk's rows; the first publisher wins, so every task has one final row."""
-        if not isinstance(result, PackedResult):
-            result = result.sorted()
-        published = self.store.create_exclusive(layout.result(chunk), self.result_bytes(result))
+        """Publish the chunk's rows (unless the task process did); the first publisher
+        wins, so every task has one final row."""
+        packed = isinstance(result, PackedResult)
+        if packed and result.published is not None:
+            published = result.published
+        else:
+            if not packed:
+                result = result.sorted()
+            published = self.store.create_exclusive(layout.result(chunk), self.result_bytes(result))
         if published:
             self.wake()
         failed = result.failed()
         if published and failed is not None and self.spec.fail_fast and not self.canceled:
-            rows = result.unpack() if isinstance(result, PackedResult) else result
+            index = self.spec.chunk_tasks(chunk)[failed] if packed else result.index[failed]
             self.store.create_exclusive(layout.CANCEL, json.dumps(
-                {"reason": "fail_fast", "task": self.spec.task_name(rows.index[failed]),
+                {"reason": "fail_fast", "task": self.spec.task_name(index),
                  "time": time.time()}).encode())
             self.canceled = True            # stop this worker's next chunk at once
         return published
@@ -251,7 +265,8 @@ class Worker:
             self.publish(chunk, attempt, lost)
             return chunk, attempt, None
         local = self.log_file(chunk, attempt)
-        self.executor.submit("map", self.spec.call_style, self.calls(chunk, attempt), local)
+        self.executor.submit("map", self.spec.call_style, self.calls(chunk, attempt), local,
+                             self.store.local_path(layout.result(chunk)))
         return chunk, attempt, local
 
     def finish_chunk(self, running: tuple[int, int, str | None]) -> ChunkResult | PackedResult | None:
@@ -342,8 +357,8 @@ class Worker:
                 following = None
                 failing_fast = self.spec.fail_fast and result is not None and result.failed() is not None
                 if result is not None and not self.canceled and not failing_fast:
-                    todo = self.claim_next()
-                    if todo not in (None, DONE) and todo[0] < self.spec.chunk_count:
+                    todo = self.claim_next(combiner=False)  # that runs once this chunk is out
+                    if todo not in (None, DONE):
                         following = self.start_chunk(*todo)
                 if result is not None:
                     chunk, attempt, local = running

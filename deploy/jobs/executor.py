@@ -19,10 +19,11 @@ from typing import Any, Callable
 
 from . import runner
 from .results import C_FAILED, ChunkResult, PackedResult, canceled
+from ..store.local import create_file_exclusive
 from .runner import Batch, Slot
 
 _LEN = struct.Struct("!Q")
-_HEAD = struct.Struct("!cqq")     # a rows message: D(one)/P(art)/E(rror), rows, first failure or -1
+_HEAD = struct.Struct("!cqq")     # a rows message: D(one)/P(art)/L(inked)/E(rror), rows, first failure or -1
 _FLUSH_SECONDS = 0.5
 
 
@@ -80,7 +81,8 @@ class InlineExecutor:
         self.functions, self.task_timeout, self.worker = functions, task_timeout, worker
         self._submitted: tuple | None = None
 
-    def submit(self, kind: str, style: str, batch: Batch | tuple, log_path: str) -> None:
+    def submit(self, kind: str, style: str, batch: Batch | tuple, log_path: str,
+               publish_to: str | None = None) -> None:
         """Note the batch; it runs in `collect` (inline there is nothing to overlap)."""
         self._submitted = (kind, style, batch, log_path)
 
@@ -195,7 +197,7 @@ def _child_main(functions: dict[str, Callable], worker: str, tasks_fd: int, rows
         msg = _recv(tasks_fd)
         if msg is None:
             os._exit(0)
-        kind, style, batch, log_path = msg
+        kind, style, batch, log_path, publish_to = msg
         try:
             batch = _batch(batch)
             log_fd = os.open(log_path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o600)
@@ -209,9 +211,11 @@ def _child_main(functions: dict[str, Callable], worker: str, tasks_fd: int, rows
         # the caller's sys.stdout may be anything (a notebook's stream, a test's capture)
         sys.stdout, sys.stderr = output.stdout, output.stderr
         result = ChunkResult(runner.HOST, worker)
+        flushed = []
 
         def flush() -> None:
             _send(rows_fd, _HEAD.pack(b"P", len(result), -1), runner.dumps_result(result))
+            flushed.append(len(result))
             result.clear()
 
         runner.run_calls(functions[kind], batch, result, style,
@@ -219,7 +223,12 @@ def _child_main(functions: dict[str, Callable], worker: str, tasks_fd: int, rows
         slot.set_idle()
         data = runner.dumps_result(result)
         failed = result.failed()
-        _send(rows_fd, _HEAD.pack(b"D", len(result), -1 if failed is None else failed), data)
+        failed = -1 if failed is None else failed
+        if publish_to is not None and not flushed:   # the whole chunk is here: publish it
+            linked = create_file_exclusive(publish_to, data)
+            _send(rows_fd, _HEAD.pack(b"L", len(result), failed), b"\x01" if linked else b"\x00")
+        else:
+            _send(rows_fd, _HEAD.pack(b"D", len(result), failed), data)
 
 
 class ForkExecutor:
@@ -277,13 +286,16 @@ class ForkExecutor:
         if self.pid is None:
             self._start()
 
-    def submit(self, kind: str, style: str, batch: Batch | tuple, log_path: str) -> None:
+    def submit(self, kind: str, style: str, batch: Batch | tuple, log_path: str,
+               publish_to: str | None = None) -> None:
         """Hand a batch to the task process and return at once: the worker publishes the
         previous chunk while this one runs. `batch` is a Batch, or (input file bytes, first
-        index, first and last attempt), which goes as it is (the worker never unpickles it)."""
+        index, first and last attempt), which goes as it is (the worker never unpickles it).
+        `publish_to`: a local result file the task process may publish the whole batch's
+        rows to itself (exclusively), sparing the worker their bytes."""
         self.start()
         self._submitted = (kind, style, batch, log_path)
-        _send(self.tasks_fd, runner.dumps((kind, style, batch, log_path)))
+        _send(self.tasks_fd, runner.dumps((kind, style, batch, log_path, publish_to)))
 
     def collect(self, poll: Callable[[], bool]) -> ChunkResult | PackedResult:
         """Wait for the submitted batch: its rows, with a row for a task that took the task
@@ -300,14 +312,17 @@ class ForkExecutor:
             if ready:
                 msg = self._read_rows()
                 if msg is not None:
-                    done, count, failed, body = msg
-                    if done is None:
+                    what, count, failed, body = msg
+                    if what == b"E":
                         raise BatchError(body.decode(errors="replace"))
-                    if done and not len(result) and not received:
+                    if what == b"L":
+                        return PackedResult(None, count, None if failed < 0 else failed,
+                                            published=body == b"\x01")
+                    if what == b"D" and not len(result) and not received:
                         return PackedResult(body, count, None if failed < 0 else failed)
                     result.extend(ChunkResult.from_dict(pickle.loads(body)))
                     received += count
-                    if done:
+                    if what == b"D":
                         return result
                     continue
                 running = self.slot.read()
@@ -339,15 +354,16 @@ class ForkExecutor:
         self.submit(kind, style, batch, log_path)
         return self.collect(poll)
 
-    def _read_rows(self) -> tuple[bool | None, int, int, bytes] | None:
-        """(last message of the batch (None: an error), row count, first failed row or -1,
-        pickled rows or the error's text)."""
+    def _read_rows(self) -> tuple[bytes, int, int, bytearray] | None:
+        """(kind: D, P, L or E, row count, first failed row or -1, the body: pickled rows,
+        whether the task process published them (L), or the error's text), or None when
+        the task process is gone."""
         head = _recv_exact(self.rows_fd, _LEN.size + _HEAD.size)
         body = None if head is None else _recv_exact(self.rows_fd, _LEN.unpack_from(head)[0] - _HEAD.size)
         if body is None:
             return None
         kind, count, failed = _HEAD.unpack_from(head, _LEN.size)
-        return None if kind == b"E" else kind == b"D", count, failed, body
+        return kind, count, failed, body
 
     def _after_loss(self, sent: Batch, received: int, running: tuple[int, int, float],
                     result: ChunkResult, exc_type: str, message: str) -> Batch | None:

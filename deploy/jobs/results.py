@@ -159,22 +159,21 @@ class ChunkResult:
 
 class PackedResult:
     """A whole chunk's rows as the task process pickled them, in task order: the worker
-    publishes these bytes as they are instead of unpickling and pickling them again."""
+    publishes these bytes as they are instead of unpickling and pickling them again. With
+    `published` set, the task process published them itself (True: its file is the chunk's
+    result; False: another publisher was first) and `raw` is None."""
 
-    __slots__ = ("raw", "count", "failed_pos")
+    __slots__ = ("raw", "count", "failed_pos", "published")
 
-    def __init__(self, raw: bytes, count: int, failed_pos: int | None) -> None:
-        self.raw, self.count, self.failed_pos = raw, count, failed_pos
+    def __init__(self, raw: bytes | None, count: int, failed_pos: int | None,
+                 published: bool | None = None) -> None:
+        self.raw, self.count, self.failed_pos, self.published = raw, count, failed_pos, published
 
     def __len__(self) -> int:
         return self.count
 
     def failed(self) -> int | None:
         return self.failed_pos
-
-    def unpack(self) -> ChunkResult:
-        import pickle
-        return ChunkResult.from_dict(pickle.loads(self.raw))
 
 
 def canceled(indices: Any, attempts: Any, why: str, host: str, worker: str) -> ChunkResult:

@@ -1,14 +1,51 @@
 """Local-disk storage: temp file + rename for whole files, link() for exclusive publish."""
 from __future__ import annotations
 
-import os
 import itertools
+import os
 import shutil
 
 from .base import Storage
 
-
 _temp_names = itertools.count()
+
+
+def _write_temp(target: str, data: bytes) -> str:
+    """Write `data` to a new private file beside `target` (unique per process and call)."""
+    directory = os.path.dirname(target)
+    flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_CLOEXEC", 0)
+    while True:
+        tmp = os.path.join(directory, f".tmp-{os.getpid()}-{next(_temp_names)}")
+        try:
+            fd = os.open(tmp, flags, 0o600)
+            break
+        except FileNotFoundError:
+            os.makedirs(directory, mode=0o700, exist_ok=True)
+        except FileExistsError:
+            pass                        # left by a crashed process that had this pid
+    try:
+        view = memoryview(data)
+        while view:
+            view = view[os.write(fd, view):]
+    except BaseException:
+        os.unlink(tmp)
+        raise
+    finally:
+        os.close(fd)
+    return tmp
+
+
+def create_file_exclusive(target: str, data: bytes) -> bool:
+    """Publish `data` at the absolute path `target` unless a file is there already: a temp
+    file, then link() (atomic, fails if the name exists). True if this call created it."""
+    tmp = _write_temp(target, data)
+    try:
+        os.link(tmp, target)
+        return True
+    except FileExistsError:
+        return False
+    finally:
+        os.unlink(tmp)
 
 
 class LocalStorage(Storage):
@@ -30,44 +67,12 @@ class LocalStorage(Storage):
         with open(self._abs(path), "rb") as f:
             return f.read()
 
-    def _write_temp(self, target: str, data: bytes) -> str:
-        """Write `data` to a new private file beside `target` (unique per process and call)."""
-        directory = os.path.dirname(target)
-        flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_CLOEXEC", 0)
-        while True:
-            tmp = os.path.join(directory, f".tmp-{os.getpid()}-{next(_temp_names)}")
-            try:
-                fd = os.open(tmp, flags, 0o600)
-                break
-            except FileNotFoundError:
-                os.makedirs(directory, mode=0o700, exist_ok=True)
-            except FileExistsError:
-                pass                    # left by a crashed process that had this pid
-        try:
-            view = memoryview(data)
-            while view:
-                view = view[os.write(fd, view):]
-        except BaseException:
-            os.unlink(tmp)
-            raise
-        finally:
-            os.close(fd)
-        return tmp
-
     def put(self, path: str, data: bytes) -> None:
         target = self._abs(path)
-        os.replace(self._write_temp(target, data), target)
+        os.replace(_write_temp(target, data), target)
 
     def create_exclusive(self, path: str, data: bytes = b"") -> bool:
-        target = self._abs(path)
-        tmp = self._write_temp(target, data)
-        try:
-            os.link(tmp, target)
-            return True
-        except FileExistsError:
-            return False
-        finally:
-            os.unlink(tmp)
+        return create_file_exclusive(self._abs(path), data)
 
     def list(self, path: str) -> list[str]:
         try:
