@@ -9,20 +9,23 @@ from .spec import JobSpec
 
 
 def read_chunk_log(store: Storage, chunk: int) -> list[tuple[int, int, bytes]]:
-    """(task_index, attempt, output) of one chunk: the published log, else the newest live one."""
-    try:
-        raw = store.get(layout.log(chunk))
-    except FileNotFoundError:
-        prefix = layout.chunk_name(chunk) + "."
+    """(task_index, attempt, output) of one chunk: the published log, else the newest live
+    one. A worker publishes the log right after the result and then drops the live file,
+    so a live file gone between listing and reading means: read the published one."""
+    prefix = layout.chunk_name(chunk) + "."
+    for _ in range(2):
+        try:
+            return _last_attempts(runner.split_log(store.get(layout.log(chunk))))
+        except FileNotFoundError:
+            pass
         live = sorted((n for n in store.list(layout.LOGS) if n.startswith(prefix) and n.endswith(".live")),
                       key=lambda n: int(n.split(".")[1]))
-        if not live:
-            return []
         try:
-            raw = store.get(f"{layout.LOGS}/{live[-1]}")
+            if live:
+                return _last_attempts(runner.split_log(store.get(f"{layout.LOGS}/{live[-1]}")))
         except FileNotFoundError:
-            return []
-    return _last_attempts(runner.split_log(raw))
+            pass
+    return []
 
 
 def _last_attempts(pieces: list[tuple[int, int, bytes]]) -> list[tuple[int, int, bytes]]:
