@@ -26,21 +26,9 @@ from bytecode import ensure_compiled  # noqa: E402
 
 ensure_compiled()
 import deploy  # noqa: E402
+from workloads import burn, inc  # noqa: E402
 
 CORES = os.cpu_count() or 1
-
-
-def inc(x):
-    return x + 1
-
-
-def burn(seconds):
-    """Busy CPU for `seconds` of this process's CPU time."""
-    end = time.process_time() + seconds
-    n = 0
-    while time.process_time() < end:
-        n += 1
-    return n
 
 
 def deploy_tiny(n: int) -> float:

@@ -56,7 +56,7 @@ class Worker:
         # a cancel marker is one stat away on local disk; remote stores are asked less often
         self.cancel_check_seconds = 0.1 if store.local_path("") else store.poll_seconds
         self.seq = 0
-        self.next_beat = 0.0
+        self.next_beat = float("inf")   # the first heartbeat: once the first chunk runs
         self.next_cancel_check = 0.0
         self.canceled = False
         self.seen: dict[str, tuple[object, float]] = {}
@@ -333,7 +333,6 @@ class Worker:
         """Work until the job is done or canceled. Chunks are pipelined: the next chunk is
         claimed and handed to the task process before the finished one is published."""
         try:
-            self.next_beat = float("inf")   # the first heartbeat: once the first chunk runs
             running = None
             while True:
                 if running is None:

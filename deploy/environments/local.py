@@ -154,18 +154,18 @@ class LocalAsync(Environment):
 _wakers: dict[tuple[int, ...], int] = {}    # workers' pids -> read end of their wake pipe
 
 
-def _drain(key: tuple[int, ...]) -> bool:
-    """Empty a wake pipe; close it once every worker has closed its end. True if open."""
+def _drain(key: tuple[int, ...]) -> None:
+    """Empty a wake pipe; close it once every worker has closed its end."""
     fd = _wakers[key]
     while True:
         try:
             data = os.read(fd, 4096)
         except BlockingIOError:
-            return True
+            return
         if not data:
             os.close(fd)
             del _wakers[key]
-            return False
+            return
 
 
 def _close_finished_wakers() -> None:

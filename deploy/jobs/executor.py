@@ -211,11 +211,12 @@ def _child_main(functions: dict[str, Callable], worker: str, tasks_fd: int, rows
         # the caller's sys.stdout may be anything (a notebook's stream, a test's capture)
         sys.stdout, sys.stderr = output.stdout, output.stderr
         result = ChunkResult(runner.HOST, worker)
-        flushed = []
+        flushed = False
 
         def flush() -> None:
+            nonlocal flushed
             _send(rows_fd, _HEAD.pack(b"P", len(result), -1), runner.dumps_result(result))
-            flushed.append(len(result))
+            flushed = True
             result.clear()
 
         runner.run_calls(functions[kind], batch, result, style,
