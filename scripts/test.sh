@@ -1,6 +1,10 @@
 #!/usr/bin/env bash
 # Install everything the test suite needs on a fresh Debian/Ubuntu machine, then run it.
 # Usage: scripts/test.sh [pytest args...]      (root, or sudo for the system packages)
+#
+# Every run builds a fresh virtual environment (.venv-test, or $DEPLOY_TEST_VENV) and installs
+# the newest releases that setup.cfg allows, exactly as a newcomer gets them: packages already
+# installed on this machine never hide a break in a new release.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -18,12 +22,20 @@ if [ ${#need[@]} -gt 0 ]; then
     as_root env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${need[@]}" >/dev/null
 fi
 
-# The package with its test extras (pytest, moto's S3 server, ...).
-python3 -m pip install -q --disable-pip-version-check -e '.[test]'
+# A fresh virtual environment with the package, its test extras and the newest allowed releases.
+venv="${DEPLOY_TEST_VENV:-.venv-test}"
+rm -rf "$venv"
+python3 -m venv "$venv"
+"$venv/bin/python" -m pip install -q --disable-pip-version-check --upgrade pip
+"$venv/bin/python" -m pip install -q --disable-pip-version-check --upgrade --upgrade-strategy eager \
+    -e '.[test]'
+"$venv/bin/python" -m pip list --disable-pip-version-check --format=freeze \
+    | grep -iE '^(cloudpickle|paramiko|pandas|pyarrow|boto3|moto|hdfs|hypothesis|pytest)==' \
+    | tr '\n' ' '; echo
 
 # Hadoop mini cluster jars from Maven Central (cached in ~/.m2 between runs).
 if [ -f tests/infra/hadoop/pom.xml ] && command -v mvn >/dev/null; then
-    python3 -m tests.infra.hadoop_cluster --resolve
+    "$venv/bin/python" -m tests.infra.hadoop_cluster --resolve
 fi
 
-exec python3 -m pytest -q "$@"
+exec "$venv/bin/python" -m pytest -q "$@"
