@@ -65,10 +65,11 @@ class _Counter:
 
 
 def pickled_size(fn: Any) -> int:
-    """Bytes cloudpickle would write for `fn`; large buffers (numpy arrays) are not copied."""
-    import cloudpickle
+    """Bytes `Environment.serialize` would write for `fn` by default; large buffers (numpy
+    arrays) are not copied."""
+    from .jobs import source
     counter = _Counter()
-    cloudpickle.CloudPickler(counter, protocol=pickle.HIGHEST_PROTOCOL).dump(fn)
+    source.pickler(counter).dump(fn)
     return counter.size
 
 

@@ -76,12 +76,11 @@ class Environment(abc.ABC):
         return None
 
     def serialize(self, fn: Callable) -> bytes:
-        """Pickle a job's function for the workers. Backends whose hosts lack the caller's
-        modules override this to send those modules by value."""
-        import pickle
-
-        import cloudpickle
-        return cloudpickle.dumps(fn, protocol=pickle.HIGHEST_PROTOCOL)
+        """Pickle a job's function for the workers (keeping its source for tracebacks).
+        Backends whose hosts lack the caller's modules override this to send those modules
+        by value."""
+        from ..jobs import source
+        return source.dumps(fn)
 
     # -- data -------------------------------------------------------------------------
 

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import functools
 import os
-import pickle
 import site
 import sys
 import sysconfig
@@ -45,8 +44,11 @@ def local_modules(skip: tuple[str, ...] = ("deploy",)) -> Iterator[str]:
 
 
 def dumps(fn: Callable) -> bytes:
-    """cloudpickle `fn`, carrying the caller's own modules by value."""
+    """cloudpickle `fn`, carrying the caller's own modules by value (with their source
+    text, so that tracebacks on hosts without the files still show the lines)."""
     import cloudpickle
+
+    from ..jobs import source
     already = cloudpickle.list_registry_pickle_by_value()
     added = []
     try:
@@ -54,7 +56,7 @@ def dumps(fn: Callable) -> bytes:
             if name not in already and name in sys.modules:
                 cloudpickle.register_pickle_by_value(sys.modules[name])
                 added.append(sys.modules[name])
-        return cloudpickle.dumps(fn, protocol=pickle.HIGHEST_PROTOCOL)
+        return source.dumps(fn)
     finally:
         for module in added:
             cloudpickle.unregister_pickle_by_value(module)
