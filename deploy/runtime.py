@@ -137,6 +137,19 @@ def libs_bundle(requirement: str) -> Bundle:
     return Bundle("libs", digest, data)
 
 
+def wheels_bundle(paths: Iterable[Path]) -> Bundle | None:
+    """Local package files (named in additional_packages) as one bundle, None for none."""
+    files: dict[str, Path] = {}
+    for path in paths:
+        other = files.setdefault(path.name, path)
+        if other != path and other.read_bytes() != path.read_bytes():
+            raise ValueError(f"two different additional packages are named {path.name}: {other}, {path}")
+    if not files:
+        return None
+    digest, data = _tar([(name, path) for name, path in files.items()])
+    return Bundle("wheels", digest, data)
+
+
 def wheel_files(packages: Iterable[str]) -> dict[str, Path]:
     """Local files among the packages (wheels, sdists), by the name given."""
     local = {}

@@ -15,21 +15,14 @@ from waiting import wait_for
 @pytest.fixture(scope="session")
 def ssh_hosts(tmp_path_factory):
     """Four sshd "hosts" (users deploysc1..4, or deploysd1..4 while another test session
-    holds those; aliases host1..host4 in ssh_hosts.ssh_config_path); host4 has no python3."""
-    from infra.sshd_hosts import SshHosts, SshHostsError, check_prerequisites
+    holds those; aliases host1..host4 in ssh_hosts.ssh_config_path); host3's sshd offers no
+    SFTP (as hardened servers), host4 has no python3."""
+    from infra.sshd_hosts import check_prerequisites, start_free
     problems = check_prerequisites()
     if problems:   # never skip: a green run must mean the cluster tests ran
         pytest.fail("; ".join(problems) + " (scripts/test.sh installs them; or deselect with -m 'not ssh')")
-    for prefix in ("deploysc", "deploysd", "deployse", "deploysf"):   # another session may hold one
-        hosts = SshHosts(tmp_path_factory.mktemp("sshd"), n=4, without_python={3}, user_prefix=prefix)
-        try:
-            hosts.start()
-            break
-        except SshHostsError as exc:
-            if "in use" not in str(exc):
-                raise
-    else:
-        pytest.fail("every set of test host users is in use by other test sessions")
+    hosts = start_free(tmp_path_factory.mktemp("sshd"), ("deploysc", "deploysd", "deployse", "deploysf"),
+                       n=4, without_python={3}, without_sftp={2})     # the first set no session holds
     yield hosts
     hosts.stop()
 

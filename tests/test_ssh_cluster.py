@@ -216,6 +216,128 @@ def test_remote_files_are_private(cluster, ssh_hosts):
                     assert mode & 0o077 == 0, f"{folder}/{name} is {oct(mode)}"
 
 
+# ---------------------------------------------------------------------------- no SFTP
+
+def value_and_user():
+    import deploytestpkg
+    return deploytestpkg.VALUE, getpass.getuser()
+
+
+def refuses_sftp(host) -> bool:
+    """The host's sshd really offers no SFTP (paramiko's open_sftp fails)."""
+    import paramiko
+    client = host.connect()
+    try:
+        client.open_sftp()
+    except paramiko.SSHException as exc:
+        return "Channel closed" in str(exc)
+    finally:
+        client.close()
+    return False
+
+
+def test_a_host_without_sftp_runs_jobs_and_local_wheels(cluster, ssh_hosts, tmp_path):
+    plain, hardened = ssh_hosts[0], ssh_hosts[2]             # host3's sshd has no SFTP subsystem
+    assert refuses_sftp(hardened) and not refuses_sftp(plain)
+    lab = cluster("nosftp", hosts=("host1", "host3"), workers_per_host=1,
+                  additional_packages=[_wheel(tmp_path, value=7)], pip_options=["--no-index"])
+    params = [{"x": 20, "y": 20}, {"x": None, "y": 10}, {"x": 5, "y": 5}]
+    job = deploy.map_job.create(add, params, environment=lab)
+    assert job.wait(timeout=120) == "Failed"
+    assert job.get_map_results() == [40, None, 10]
+    assert list(job.get_metrics().status) == ["Completed", "Failed", "Completed"]
+    # the wheel reached both hosts' venvs; tasks ran on both, each as its host's user
+    job = deploy.map_job.create(who, [{"i": i, "seconds": 0.3} for i in range(6)], environment=lab,
+                                chunk_size=1)
+    assert {user for _, user, _ in job.get_results(timeout=60)} == {plain.user, hardened.user}
+    job = deploy.map_job.create(value_and_user, [{}] * 6, environment=lab, chunk_size=1)
+    assert set(job.get_results(timeout=60)) <= {(7, plain.user), (7, hardened.user)}
+    root = hardened.home / ".deploy" / "remote"
+    wheels = list((root / "wheels").glob("*/deploytestpkg-1.0-py3-none-any.whl"))
+    assert len(wheels) == 1 and (root / "venvs" / "nosftp" / ".deploy-stamp").is_file()
+    for folder, dirs, files in os.walk(root):                 # private, and no half-sent leftovers
+        for name in dirs + files:
+            assert not name.startswith((".tmp-", ".pruned-")) and ".broken-" not in name, name
+            mode = os.lstat(os.path.join(folder, name)).st_mode
+            if not stat.S_ISLNK(mode):
+                assert mode & 0o077 == 0, f"{folder}/{name} is {oct(mode)}"
+    for kind in ("runtime", "wheels"):
+        for bundle in (root / kind).iterdir():
+            assert stat.S_IMODE(bundle.stat().st_mode) == 0o700 and (bundle / ".complete").is_file()
+
+
+def test_a_damaged_transfer_is_never_unpacked(ssh_hosts):
+    import hashlib
+    from deploy.environments.ssh_connect import connect, resolve, run
+    from deploy.environments.ssh_runtime import _RECEIVE, _python_script, ship
+    from deploy.runtime import runtime_bundle
+    bundle = runtime_bundle()
+    root = f"{ssh_hosts[2].home}/damaged-{os.getpid()}"
+    receive = _python_script("python3", _RECEIVE, f"{root}/runtime/{bundle.digest}", str(len(bundle.data)),
+                             hashlib.sha256(bundle.data).hexdigest())
+    cut = len(bundle.data) // 2
+    flipped = bundle.data[:cut] + bytes([bundle.data[cut] ^ 1]) + bundle.data[cut + 1:]
+    client = connect(resolve("host3", str(ssh_hosts.ssh_config_path)))
+    try:
+        for damaged in (bundle.data[:cut], flipped, b""):       # cut short, corrupted, nothing
+            rc, _, err = run(client, receive, stdin=damaged, timeout=60)
+            assert rc != 0 and "arrived damaged" in err and "nothing was unpacked" in err, err
+            assert not os.path.exists(f"{root}/runtime") or not os.listdir(f"{root}/runtime")
+        final = ship(client, "host3", bundle, root, "python3")
+        assert sorted(os.listdir(f"{root}/runtime")) == [bundle.digest]
+        assert os.path.isfile(f"{final}/deploy/worker.py") and os.path.isfile(f"{final}/.complete")
+        assert ship(client, "host3", bundle, root, "python3") == final     # again: kept, no leftovers
+        assert sorted(os.listdir(f"{root}/runtime")) == [bundle.digest]
+    finally:
+        client.close()
+        subprocess.run(["rm", "-rf", root], check=True)
+
+
+def test_clients_preparing_one_host_at_once(cluster, ssh_hosts, tmp_path):
+    import concurrent.futures
+    wheel = _wheel(tmp_path, value=9)
+    remote = f"~/.deploy/race-{os.getpid()}"
+    labs = [cluster("race", hosts=("host3",), remote_dir=remote, additional_packages=[wheel],
+                    pip_options=["--no-index"]) for _ in range(3)]
+    with concurrent.futures.ThreadPoolExecutor(3) as pool:        # three connections, one host
+        list(pool.map(lambda lab: lab.prepare(), labs))
+    root = ssh_hosts[2].home / remote[2:]
+    for kind in ("runtime", "wheels", "venvs"):
+        entries = os.listdir(root / kind)
+        assert len(entries) == 1, (kind, entries)                 # one whole copy, nothing half
+    job = deploy.map_job.create(import_value, [{}] * 3, environment=labs[1], chunk_size=1)
+    assert job.get_results(timeout=60) == [9] * 3
+
+
+def test_failing_preparation_is_a_host_error_before_any_task_runs(cluster, ssh_hosts):
+    host = ssh_hosts[1]
+    locked = host.home / "locked"                 # root's: the host user cannot write there
+    partly = host.home / "partly"                 # the user's, but its runtime folder is root's
+    for folder, owner in ((locked, 0), (partly, host.uid), (partly / "runtime", 0)):
+        folder.mkdir()
+        os.chown(folder, owner, owner and host.gid)
+        os.chmod(folder, 0o755 if owner == 0 else 0o700)
+    try:
+        # the same remote_dir on both hosts: fine on host1, unwritable on host2
+        for remote, fragments in (("~/locked/remote", ["cannot use remote_dir", "Permission denied"]),
+                                  ("~/partly", ["cannot put the runtime bundle", "Permission denied"])):
+            lab = cluster("unwritable", hosts=("host1", "host2"), remote_dir=remote)
+            with pytest.raises(HostError) as info:
+                deploy.map_job.create(add, [{"x": 1, "y": 2}], environment=lab)
+            text = str(info.value)
+            assert info.value.host.startswith("'host2'") and "host1" not in text, text
+            assert all(f in text for f in fragments), text
+            assert "Traceback" not in text
+            assert len(deploy.jobs) == 0                        # nothing was written, nothing ran
+            with pytest.raises(HostError, match="host2"):
+                deploy.ssh_cluster.create("unwritable", ["host2"], ssh_config=str(ssh_hosts.ssh_config_path),
+                                          remote_dir=remote)
+            assert "unwritable" not in deploy.environments          # nothing saved
+        assert os.listdir(partly / "runtime") == []
+    finally:
+        subprocess.run(["rm", "-rf", str(locked), str(partly)], check=True)
+
+
 # ---------------------------------------------------------------------------- failures
 
 def test_a_host_dying_mid_job_loses_nothing(cluster, ssh_hosts):
@@ -228,7 +350,10 @@ def test_a_host_dying_mid_job_loses_nothing(cluster, ssh_hosts):
         assert job.wait(timeout=90) == "Completed"
         assert job.get_results() == list(range(18))
         metrics = job.get_metrics()
+        # exactly one final row per task: none lost, none twice, none left Running
+        assert list(metrics.task_name) == [f"nap-0-{i}" for i in range(18)]
         assert (metrics.status == "Completed").all()
+        assert sorted(job._store.list("results")) == [f"{i:06d}" for i in range(18)]
         for chunk in held:                      # what host2 was running, re-run elsewhere
             row = metrics.iloc[chunk]
             assert row.attempt >= 2 and row.host in ("host1", "host3"), row

@@ -168,8 +168,13 @@ class SshCluster(Environment):
             if host.runtime is None:
                 try:
                     host.runtime = prepare(client, host.spec.describe(), self._options())
+                except HostError:
+                    raise
                 except ValueError as exc:
                     raise HostError(host.spec.describe(), str(exc)) from None
+                except Exception as exc:        # the connection failed under us, or worse
+                    raise HostError(host.spec.describe(), f"preparing the host failed: "
+                                                          f"{type(exc).__name__}: {exc}") from None
             return host.runtime
 
     def prepare(self) -> "SshCluster":

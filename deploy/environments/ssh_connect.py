@@ -235,29 +235,51 @@ def _explain(exc: Exception, spec: HostSpec, timeout: float) -> str:
 # ---------------------------------------------------------------------------- commands
 
 def run(client: Any, command: str, stdin: bytes = b"", timeout: float | None = 300.0) -> tuple[int, str, str]:
-    """Run a shell command on the host; (exit status, stdout, stderr). -1: timed out."""
+    """Run a shell command on the host, feeding it `stdin` (how files travel: no SFTP);
+    (exit status, stdout, stderr). -1: timed out."""
     import select
     import time
+    deadline = None if timeout is None else time.monotonic() + timeout
     chan = client.get_transport().open_session(timeout=30)
+    out, err = bytearray(), bytearray()
+
+    def drain() -> None:
+        while chan.recv_ready():
+            out.extend(chan.recv(1 << 16))
+        while chan.recv_stderr_ready():
+            err.extend(chan.recv_stderr(1 << 16))
+
+    def answer(status: int) -> tuple[int, str, str]:
+        return status, out.decode(errors="replace"), err.decode(errors="replace")
     try:
         chan.exec_command(command)
-        if stdin:
-            chan.sendall(stdin)
-        chan.shutdown_write()
-        out, err = bytearray(), bytearray()
-        deadline = None if timeout is None else time.monotonic() + timeout
+        chan.settimeout(0.5)
+        sent = 0
+        # send while reading, so that a command that writes as it reads cannot stall us, and
+        # stop when it exits early: its exit status and stderr say why
+        while sent < len(stdin) and not chan.exit_status_ready() and not chan.closed:
+            drain()
+            if deadline is not None and time.monotonic() > deadline:
+                return answer(-1)
+            try:
+                sent += chan.send(stdin[sent:sent + (1 << 16)])
+            except socket.timeout:
+                continue
+            except OSError:
+                break
+        try:
+            chan.shutdown_write()
+        except OSError:
+            pass
         while True:
-            while chan.recv_ready():
-                out += chan.recv(1 << 16)
-            while chan.recv_stderr_ready():
-                err += chan.recv_stderr(1 << 16)
+            drain()
             if chan.exit_status_ready() and not chan.recv_ready() and not chan.recv_stderr_ready():
                 if chan.eof_received or chan.closed:
                     break
             left = None if deadline is None else deadline - time.monotonic()
             if left is not None and left <= 0:
-                return -1, out.decode(errors="replace"), err.decode(errors="replace")
+                return answer(-1)
             select.select([chan], [], [], 0.5 if left is None else min(left, 0.5))
-        return chan.recv_exit_status(), out.decode(errors="replace"), err.decode(errors="replace")
+        return answer(chan.recv_exit_status())
     finally:
         chan.close()

@@ -14,18 +14,22 @@ each version once. Layout on the host (all 0700, private to the remote user):
     ~/.deploy/remote/agent.log           the agents' own stray output
 
 Bundles, uploaded wheels and job folders unused for 14 days are pruned when a client probes.
+
+Files travel as the stdin of an exec channel, never by SFTP (hardened servers often offer no
+SFTP subsystem): a receiver on the host checks the bytes' length and SHA-256, unpacks them
+into a temporary folder beside the final one and renames it into place, so a half-sent
+bundle is never taken for a whole one, also when several clients prepare a host at once.
 """
 from __future__ import annotations
 
 import dataclasses
 import hashlib
 import json
-import os
 import shlex
 import sys
 from typing import Any, Iterable
 
-from ..runtime import Bundle, libs_bundle, runtime_bundle
+from ..runtime import Bundle, libs_bundle, runtime_bundle, wheels_bundle
 from ..runtime import wheel_files as _wheel_files
 from .ssh_connect import HostError, run
 
@@ -74,8 +78,12 @@ def python_command(root: str, pythonpath: str, python: str, args: str, label: st
 _PROBE = r"""
 import json, os, shutil, sys, time
 root = os.path.expanduser(sys.argv[1])
-os.makedirs(root, mode=0o700, exist_ok=True)
-os.chmod(root, 0o700)
+try:
+    os.makedirs(root, mode=0o700, exist_ok=True)
+    os.chmod(root, 0o700)
+except OSError as exc:
+    sys.stderr.write("%s\n" % exc)
+    sys.exit(3)
 try:
     cpus = len(os.sched_getaffinity(0))
 except (AttributeError, OSError):
@@ -98,26 +106,61 @@ for kind in ("runtime", "libs", "wheels", "jobs"):
             seen = max([os.stat(path).st_mtime] + [e.stat().st_mtime for e in os.scandir(path)])
         except OSError:
             continue
-        if seen < old:
-            shutil.rmtree(path, ignore_errors=True)
+        if seen < old:      # out of sight first: a half-deleted bundle is never seen whole
+            trash = os.path.join(folder, ".pruned-%d-%s" % (os.getpid(), name))
+            try:
+                os.rename(path, trash)
+            except OSError:
+                continue
+            shutil.rmtree(trash, ignore_errors=True)
 print(json.dumps({"version": list(sys.version_info[:3]), "cpus": cpus, "root": root,
                   "executable": sys.executable, "files": files}))
 """
 
-_EXTRACT = r"""
-import os, shutil, sys, tarfile
-src, final = sys.argv[1], sys.argv[2]
-tmp = "%s.tmp-%d" % (final, os.getpid())
+_RECEIVE = r"""
+import hashlib, os, shutil, sys, tarfile, tempfile
+final, size, sha = os.path.expanduser(sys.argv[1]), int(sys.argv[2]), sys.argv[3]
+parent, name = os.path.split(final)
 kw = {"filter": "data"} if hasattr(tarfile, "data_filter") else {}
-with tarfile.open(src) as t:
-    t.extractall(tmp, **kw)
-with open(os.path.join(tmp, ".complete"), "w") as f:
-    f.write("ok")
+tmp = None
 try:
-    os.rename(tmp, final)
-except OSError:
-    shutil.rmtree(tmp)  # another client shipped the same bundle first
-os.unlink(src)
+    os.makedirs(parent, mode=0o700, exist_ok=True)
+    tmp = tempfile.mkdtemp(prefix=".tmp-%s-" % name, dir=parent)     # 0700, unique per client
+    received, digest, count = os.path.join(tmp, ".received"), hashlib.sha256(), 0
+    with open(received, "wb") as f:         # to disk as it comes: a large wheel costs no memory
+        for block in iter(lambda: sys.stdin.buffer.read(1 << 16), b""):
+            digest.update(block)
+            count += len(block)
+            f.write(block)
+    if count != size or digest.hexdigest() != sha:
+        sys.exit("deploy: the bundle arrived damaged (%d of %d bytes, sha256 %s..., expected %s...); "
+                 "nothing was unpacked" % (count, size, digest.hexdigest()[:12], sha[:12]))
+    os.mkdir(os.path.join(tmp, "files"), 0o700)
+    with tarfile.open(received) as t:
+        t.extractall(os.path.join(tmp, "files"), **kw)
+    os.unlink(received)
+    with open(os.path.join(tmp, "files", ".complete"), "w") as f:
+        f.write("ok")
+    for attempt in range(5):
+        try:
+            os.rename(os.path.join(tmp, "files"), final)   # atomic; never replaces a non-empty folder
+            break
+        except OSError:
+            if os.path.exists(os.path.join(final, ".complete")):
+                break                   # another client put the same bundle in place first
+            aside = "%s.broken-%d-%d" % (final, os.getpid(), attempt)
+            try:                        # a folder without .complete is never whole: aside, gone
+                os.rename(final, aside)
+                shutil.rmtree(aside, ignore_errors=True)
+            except OSError:
+                pass
+    else:
+        sys.exit("deploy: cannot put %s in place" % final)
+except (OSError, tarfile.TarError) as exc:
+    sys.exit("deploy: cannot unpack into %s: %s" % (parent, exc))
+finally:
+    if tmp is not None:
+        shutil.rmtree(tmp, ignore_errors=True)
 """
 
 
@@ -141,11 +184,18 @@ def probe(client: Any, host: str, options: Options, extra: Iterable[str] = ()) -
         raise HostError(host, f"no {options.python} on the host's PATH: install Python "
                               f"{MIN_PYTHON[0]}.{MIN_PYTHON[1]}+ (with venv), or set python= to "
                               f"its path. ({err.strip()[-300:]})")
+    if rc == 3:
+        raise HostError(host, f"cannot use remote_dir {options.root}: {err.strip()[-300:]} (set "
+                              "remote_dir= to a folder the remote user can write)")
     if rc != 0:
-        raise HostError(host, f"probing the host with {options.python} failed (exit {rc}): "
-                              f"{err.strip()[-500:]}")
-    info = json.loads(out.strip().splitlines()[-1])
-    version = tuple(info["version"])
+        what = "timed out" if rc == -1 else f"failed (exit {rc})"
+        raise HostError(host, f"probing the host with {options.python} {what}: {err.strip()[-500:]}")
+    try:
+        info = json.loads(out.strip().splitlines()[-1])
+        version = tuple(info["version"])
+    except (ValueError, IndexError, KeyError, TypeError):
+        raise HostError(host, f"unexpected answer from {options.python} on the host: "
+                              f"{(out + err).strip()[-300:]!r}") from None
     if version[:2] < MIN_PYTHON:
         raise HostError(host, f"{options.python} is Python {'.'.join(map(str, version))}; "
                               f"workers need {MIN_PYTHON[0]}.{MIN_PYTHON[1]}+ (set python=)")
@@ -158,26 +208,15 @@ def probe(client: Any, host: str, options: Options, extra: Iterable[str] = ()) -
 
 
 def ship(client: Any, host: str, bundle: Bundle, root: str, python: str) -> str:
-    """Upload and unpack `bundle` under root/<kind>/<digest> unless it is there; its path."""
+    """Send `bundle` over an exec channel and unpack it at root/<kind>/<digest>; its path."""
     final = f"{root}/{bundle.kind}/{bundle.digest}"
-    upload = f"{root}/{bundle.kind}/.upload-{bundle.digest}-{os.urandom(4).hex()}.tgz"
-    rc, _, err = run(client, f"umask 077; mkdir -p {shlex.quote(root + '/' + bundle.kind)}", timeout=60)
+    command = _python_script(python, _RECEIVE, final, str(len(bundle.data)),
+                             hashlib.sha256(bundle.data).hexdigest())
+    rc, _, err = run(client, command, stdin=bundle.data, timeout=300)
     if rc != 0:
-        raise HostError(host, f"cannot create {root}/{bundle.kind}: {err.strip()[-300:]}")
-    try:
-        sftp = client.open_sftp()
-        try:
-            with sftp.open(upload, "wb") as f:
-                sftp.chmod(upload, 0o600)
-                f.set_pipelined(True)
-                f.write(bundle.data)
-        finally:
-            sftp.close()
-    except (OSError, EOFError) as exc:
-        raise HostError(host, f"cannot upload the {bundle.kind} bundle by SFTP: {exc}") from None
-    rc, _, err = run(client, _python_script(python, _EXTRACT, upload, final), timeout=300)
-    if rc != 0:
-        raise HostError(host, f"cannot unpack the {bundle.kind} bundle: {err.strip()[-500:]}")
+        what = "timed out" if rc == -1 else f"exit {rc}"
+        raise HostError(host, f"cannot put the {bundle.kind} bundle in {root}/{bundle.kind} ({what}): "
+                              f"{err.strip()[-500:]}")
     return final
 
 
@@ -196,36 +235,27 @@ mkdir -p "$(dirname "$final")"; cd "$(dirname "$final")"
 "$tmp/bin/python" -m pip install --disable-pip-version-check --no-input {args} 2>&1
 echo {digest} > "$tmp/.deploy-stamp"
 chmod -R go-rwx "$tmp"
-rm -rf "$final.old"; if [ -e "$final" ]; then mv "$final" "$final.old"; fi
-mv "$tmp" "$final"; rm -rf "$final.old"
+# rename(2) never replaces a non-empty folder (mv would move into it): the old venv goes
+# aside first, and a client that built this same venv meanwhile wins
+for attempt in 1 2 3 4 5; do
+  {python} -I -c 'import os, sys; os.rename(*sys.argv[1:])' "$tmp" "$final" 2>/dev/null && exit 0
+  [ "$(cat "$final/.deploy-stamp" 2>/dev/null)" = {digest} ] && exit 0
+  old="$final.old-$$-$attempt"
+  {python} -I -c 'import os, sys; os.rename(*sys.argv[1:])' "$final" "$old" 2>/dev/null && rm -rf "$old"
+done
+echo "deploy: cannot put the venv in place at $final" >&2; exit 1
 """
 
 
-def build_venv(client: Any, host: str, options: Options, info: dict, digest: str) -> None:
-    """Create the cluster's venv and pip-install its packages (local wheels uploaded first)."""
+def build_venv(client: Any, host: str, options: Options, info: dict, digest: str,
+               wheels: Bundle | None) -> None:
+    """Create the cluster's venv and pip-install its packages (local files from `wheels`)."""
     root = info["root"]
-    args = list(options.pip_options)
     local = _wheel_files(options.packages)
-    if local:
-        sftp = client.open_sftp()
-        try:
-            for pkg in options.packages:
-                if pkg not in local:
-                    args.append(pkg)
-                    continue
-                data = local[pkg].read_bytes()
-                folder = f"{root}/wheels/{hashlib.sha256(data).hexdigest()[:20]}"
-                run(client, f"umask 077; mkdir -p {shlex.quote(folder)}", timeout=60)
-                target = f"{folder}/{local[pkg].name}"
-                with sftp.open(target, "wb") as f:
-                    sftp.chmod(target, 0o600)
-                    f.set_pipelined(True)
-                    f.write(data)
-                args.append(target)
-        finally:
-            sftp.close()
-    else:
-        args += list(options.packages)
+    if wheels is not None and not info["files"][_marker(wheels)]:
+        ship(client, host, wheels, root, options.python)
+    args = list(options.pip_options)
+    args += [f"{root}/wheels/{wheels.digest}/{local[p].name}" if p in local else p for p in options.packages]
     script = _VENV.format(final=shlex.quote(f"{root}/venvs/{options.cluster}"),
                           python=shlex.quote(options.python), digest=digest,
                           args=" ".join(shlex.quote(a) for a in args))
@@ -247,7 +277,9 @@ def prepare(client: Any, host: str, options: Options) -> HostRuntime:
     """Make the host ready to run workers (each step skipped when its cache is current)."""
     runtime = runtime_bundle()
     stamp = f"venvs/{options.cluster}/.deploy-stamp"
-    info = probe(client, host, options, [_marker(runtime), stamp])
+    wheels = wheels_bundle(tuple(_wheel_files(options.packages).values()))
+    markers = [_marker(runtime), stamp] + ([_marker(wheels)] if wheels else [])
+    info = probe(client, host, options, markers)
     root, version = info["root"], tuple(info["version"])
     paths = [f"{root}/runtime/{runtime.digest}"]
     if not info["files"][_marker(runtime)]:
@@ -256,7 +288,7 @@ def prepare(client: Any, host: str, options: Options) -> HostRuntime:
     if options.packages:
         digest = venv_digest(options, version)
         if info["files"][stamp] != digest:
-            build_venv(client, host, options, info, digest)
+            build_venv(client, host, options, info, digest, wheels)
         python = f"{root}/venvs/{options.cluster}/bin/python"
     for module in options.needs:
         if has_module(client, root, python, ":".join(paths), module):

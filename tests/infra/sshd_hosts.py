@@ -24,6 +24,10 @@ default PATH ``/usr/local/bin:/usr/bin:/bin:/usr/games``) with ``python3-venv`` 
 ``python3-pip``.  The pyenv interpreter under ``/root`` is not reachable by other users
 (``/root`` is mode 0700), so it is never used on the host side.
 
+A host can be made "without SFTP" (``without_sftp=``): its sshd_config has no ``Subsystem
+sftp`` line, as on hardened servers, so paramiko's ``open_sftp()`` fails ("Channel closed")
+while exec channels (and so ``cat``, ``tar``, ``python3``) keep working.
+
 A host can be made "without python3": its sshd sets ``PATH`` (``SetEnv``) to a directory
 of symlinks to everything in ``/usr/bin`` except ``python*``/``pip*``/``pydoc*``/...,
 and the user's ``~/.bashrc``/``~/.profile`` set the same PATH (``/etc/profile`` would
@@ -40,7 +44,7 @@ user and every remaining descendant, reaps them and exits.
 
 Usage::
 
-    hosts = SshHosts(tmp_path, n=3, without_python={2})
+    hosts = SshHosts(tmp_path, n=3, without_python={2}, without_sftp={1})
     hosts.start()
     hosts[0].address, hosts[0].port, hosts[0].user, hosts[0].home, hosts[0].spec
     hosts.client_key_path, hosts.known_hosts_path, hosts.ssh_config_path
@@ -52,7 +56,8 @@ Usage::
 user ``deployt1``).  Everything here needs root (useradd, sshd).  The user names are
 dedicated to these tests: ``start()`` kills leftover processes of those users, and an
 exclusive lock file per user prevents two ``SshHosts`` using the same users at once (use
-``user_prefix=`` to run several side by side).
+``user_prefix=`` to run several side by side, or ``start_free()`` to take the first free
+prefix of a list).
 """
 
 from __future__ import annotations
@@ -288,7 +293,7 @@ def check_prerequisites() -> list[str]:
 class SshHost:
     """One "host": a Unix user plus an sshd on its own loopback address."""
 
-    def __init__(self, cluster: "SshHosts", index: int, address: str, python: bool):
+    def __init__(self, cluster: "SshHosts", index: int, address: str, python: bool, sftp: bool = True):
         self.cluster = cluster
         self.index = index  # 0-based
         self.number = index + 1  # 1-based, used in names
@@ -302,6 +307,7 @@ class SshHost:
         self.host_key_path = self.dir / "ssh_host_ed25519_key"
         self.log_path = self.dir / "sshd.log"
         self.python = python
+        self.sftp = sftp
         self.uid: int | None = None
         self.gid: int | None = None
         self._proc: subprocess.Popen | None = None
@@ -544,7 +550,7 @@ class SshHost:
             "MaxSessions 100",
             "LoginGraceTime 30",
             "LogLevel VERBOSE",
-            "Subsystem sftp internal-sftp",
+            *(["Subsystem sftp internal-sftp"] if self.sftp else []),
             "SetEnv " + " ".join(_sshd_quote(x) for x in setenv.split(" ")),
         ]
         if self.cluster.openssh_version >= (9, 8):
@@ -595,6 +601,7 @@ class SshHosts:
         *,
         user_prefix: str = "deployt",
         without_python: Iterable[int] = (),
+        without_sftp: Iterable[int] = (),
         home_root: str | os.PathLike | None = None,
         port: int | None = None,
         first_address: int = 11,
@@ -604,6 +611,7 @@ class SshHosts:
         n: number of hosts.
         user_prefix: host users are f"{user_prefix}{1..n}".
         without_python: 0-based indices of hosts whose PATH has no python3.
+        without_sftp: 0-based indices of hosts whose sshd offers no SFTP subsystem.
         home_root: where home dirs go; must be traversable by other users (o+x on every
             ancestor). Default: base_dir/homes when traversable (kept by stop()), else
             /tmp/deploy-sshd-homes/<user> (root dir mode 0711), wiped at start and removed
@@ -639,8 +647,9 @@ class SshHosts:
             addresses = [f"127.0.0.{first_address + i}" for i in range(n)]
         else:  # no extra loopback addresses: distinct ports on 127.0.0.1
             addresses = ["127.0.0.1"] * n
-        skip_python = set(without_python)
-        self.hosts = [SshHost(self, i, addresses[i], python=i not in skip_python) for i in range(n)]
+        skip_python, skip_sftp = set(without_python), set(without_sftp)
+        self.hosts = [SshHost(self, i, addresses[i], python=i not in skip_python, sftp=i not in skip_sftp)
+                      for i in range(n)]
         self.client_key_path = self.base_dir / "client" / "id_ed25519"
         self.known_hosts_path = self.base_dir / "known_hosts"
         self.ssh_config_path = self.base_dir / "ssh_config"
@@ -766,6 +775,21 @@ class SshHosts:
             client.close()
             raise
         return client
+
+
+def start_free(base_dir: str | os.PathLike, prefixes: Iterable[str], **options) -> SshHosts:
+    """Start SshHosts with the first user prefix no other SshHosts holds (concurrent test
+    sessions each get their own users); SshHostsError when every prefix is in use."""
+    base_dir, tried = Path(base_dir), []
+    for prefix in prefixes:
+        hosts = SshHosts(base_dir / prefix, user_prefix=prefix, **options)
+        try:
+            return hosts.start()
+        except SshHostsError as exc:
+            if "in use" not in str(exc):
+                raise
+            tried.append(prefix)
+    raise SshHostsError(f"every user prefix is in use by other SshHosts: {tried}")
 
 
 if __name__ == "__main__" and len(sys.argv) > 1 and sys.argv[1] == "--reaper":

@@ -1,11 +1,13 @@
 """Tests of the real-sshd test hosts (tests/infra/sshd_hosts.py).
 
 Needs root, openssh-server and Debian's python3 + python3-venv + python3-pip (scripts/test.sh
-installs them); fails otherwise.  Creates (once, kept) the Unix users deployt1..deployt3 and deploytz1.
+installs them); fails otherwise.  Creates (once, kept) the Unix users deployt1..deployt3 and
+deploytz1 (or, while another test session holds those, deployu1..3 / deployuz1 and so on).
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
 import shutil
 import signal
@@ -20,7 +22,7 @@ import pytest
 
 import paramiko  # noqa: E402
 
-from .sshd_hosts import SshHosts, _proc_table, check_prerequisites  # noqa: E402
+from .sshd_hosts import _proc_table, check_prerequisites, start_free  # noqa: E402
 
 pytestmark = pytest.mark.ssh
 
@@ -29,10 +31,14 @@ if _problems:   # never skip silently: a green run must mean these ran
     raise RuntimeError("; ".join(_problems) + " (install them with scripts/test.sh, or deselect with -m 'not ssh')")
 
 
+PREFIXES = ("deployt", "deployu", "deployv")          # another session may hold a set
+SINGLE = ("deploytz", "deployuz", "deployvz")
+
+
 @pytest.fixture(scope="module")
 def hosts(tmp_path_factory):
-    h = SshHosts(tmp_path_factory.mktemp("sshd-hosts"), n=3, without_python={2})
-    h.start()
+    h = start_free(tmp_path_factory.mktemp("sshd-hosts"), PREFIXES, n=3, without_python={2},
+                   without_sftp={1})
     yield h
     h.stop()
 
@@ -156,6 +162,37 @@ def test_tmpdir_is_per_host(hosts):
         rc, out, err = h.run("echo $TMPDIR; python3 -c 'import tempfile; print(tempfile.gettempdir())' "
                              "2>/dev/null || true")
         assert out.split()[0] == str(h.home / "tmp")
+
+
+def test_host_without_sftp_refuses_sftp_but_runs_commands(hosts):
+    plain, hardened = hosts[0], hosts[1]
+    assert "Subsystem sftp" in plain.config_path.read_text()
+    assert "Subsystem" not in hardened.config_path.read_text()
+    client = hardened.connect()
+    try:
+        with pytest.raises(paramiko.SSHException, match="Channel closed"):
+            client.open_sftp()
+        assert client.get_transport().is_active()          # the connection itself lives on
+        # what replaces SFTP: bytes through an exec channel's stdin
+        chan = client.get_transport().open_session()
+        chan.exec_command("umask 077; cat > ~/sent && sha256sum ~/sent && stat -c %a ~/sent")
+        chan.sendall(b"x" * 100_000)
+        chan.shutdown_write()
+        out = chan.makefile("rb").read().decode()
+        assert chan.recv_exit_status() == 0
+        assert out.split()[0] == hashlib.sha256(b"x" * 100_000).hexdigest()
+        assert out.split()[-1] == "600"
+    finally:
+        client.close()
+    assert _wait_until(lambda: "subsystem request for sftp by user " + hardened.user + " failed, "
+                       "subsystem not found" in hardened.log())
+    client = plain.connect()
+    try:
+        sftp = client.open_sftp()
+        assert sftp.normalize(".") == str(plain.home)
+        sftp.close()
+    finally:
+        client.close()
 
 
 # --------------------------------------------------------------------------- isolation
@@ -310,8 +347,7 @@ def test_restart_while_running(hosts):
 
 
 def test_stop_kills_everything_and_start_again(tmp_path):
-    hs = SshHosts(tmp_path / "hs", n=1, user_prefix="deploytz")
-    with hs:
+    with start_free(tmp_path / "hs", SINGLE, n=1) as hs:
         h = hs[0]
         assert h.run(_BACKGROUND)[0] == 0
         assert _wait_until(lambda: len(h.processes()) >= 3)
@@ -321,7 +357,7 @@ def test_stop_kills_everything_and_start_again(tmp_path):
     assert not _port_open(*addr)
     if hs.auto_homes:
         assert not h.home.exists()
-    assert (tmp_path / "hs" / "known_hosts").exists()  # base_dir is the caller's: kept
+    assert (hs.base_dir / "known_hosts").exists()  # base_dir is the caller's: kept
 
 
 def test_hosts_die_with_the_process_that_started_them(tmp_path):
@@ -329,8 +365,8 @@ def test_hosts_die_with_the_process_that_started_them(tmp_path):
     script = textwrap.dedent(f"""
         import json, sys, time
         sys.path.insert(0, {str(Path(__file__).parent)!r})
-        from sshd_hosts import SshHosts
-        hs = SshHosts({str(tmp_path / 'crash')!r}, n=1, user_prefix="deploytz").start()
+        from sshd_hosts import start_free
+        hs = start_free({str(tmp_path / 'crash')!r}, {SINGLE!r}, n=1)
         h = hs[0]
         h.run({_BACKGROUND!r})
         while len(h.processes()) < 3:
