@@ -54,7 +54,7 @@ class BatchError(Exception):
     """The task process could not start a batch (its inputs cannot be read): no task ran."""
 
 
-class Terminated(BaseException):
+class Terminated(runner.Control):
     """Raised in the worker by SIGTERM so that blocking waits end at once."""
 
 
@@ -107,7 +107,7 @@ class InlineExecutor:
 
         try:
             with contextlib.redirect_stdout(output.stdout), contextlib.redirect_stderr(output.stderr), \
-                    _alarm() as arm:
+                    _alarm() as arm, _ctrl_c():
                 runner.run_calls(fn, batch, result, style, runner.Hooks(output, before=before))
         except _Stop:
             raise Interrupted(result, batch.take(range(stop[0], len(batch)))) from None
@@ -119,8 +119,31 @@ class InlineExecutor:
         pass
 
 
-class _Stop(BaseException):
-    pass
+class _Stop(runner.Control):
+    """A cancel seen between inline tasks."""
+
+
+class _CtrlC(runner.Control, KeyboardInterrupt):
+    """Ctrl-C in the caller's process while Local runs tasks: stops the job as before
+    (a KeyboardInterrupt a task raises itself is only that task's failure)."""
+
+
+@contextlib.contextmanager
+def _ctrl_c():
+    """While inline tasks run: SIGINT raises _CtrlC, unless the caller has its own handler."""
+    import threading
+    if (threading.current_thread() is not threading.main_thread()
+            or signal.getsignal(signal.SIGINT) is not signal.default_int_handler):
+        yield
+        return
+
+    def interrupt(signum: int, frame: Any) -> None:
+        raise _CtrlC()
+    signal.signal(signal.SIGINT, interrupt)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGINT, signal.default_int_handler)
 
 
 @contextlib.contextmanager

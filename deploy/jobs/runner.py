@@ -59,7 +59,9 @@ def dumps(obj: Any) -> bytes:
     """Pickle; cloudpickle only for what plain pickle cannot carry (lambdas, local classes)."""
     try:
         return pickle.dumps(obj, protocol=pickle.HIGHEST_PROTOCOL)
-    except Exception:
+    except Control:
+        raise
+    except BaseException:           # a __reduce__ may raise anything
         import cloudpickle
         return cloudpickle.dumps(obj, protocol=pickle.HIGHEST_PROTOCOL)
 
@@ -68,16 +70,20 @@ def dumps_result(result: ChunkResult) -> bytes:
     """Pickle a chunk's result; a value that cannot be pickled fails its task, not the chunk."""
     try:
         return dumps(result.to_dict())
-    except Exception:
+    except Control:
+        raise
+    except BaseException:
         for pos, value in enumerate(result.values):
             try:
                 dumps(value)
-            except Exception as exc:
-                import traceback
+            except Control:
+                raise
+            except BaseException as exc:
+                name, message, tb = describe(exc)
                 result.values[pos] = None
                 result.status[pos] = C_FAILED
-                result.errors[pos] = (type(exc).__name__, f"the task's return value cannot be "
-                                      f"pickled: {exc}", traceback.format_exc())
+                result.errors[pos] = (name, f"the task's return value cannot be pickled: "
+                                      f"{message}", tb)
         return dumps(result.to_dict())
 
 
@@ -146,24 +152,24 @@ def run_calls(fn: Callable, batch: Batch, result: ChunkResult, style: str, hooks
     start = flushed = now()
     rows = _Rows(result, batch, start, peak_memory_mb())
 
-    def retry(pos: int, item: Any, exc: Exception, start: float) -> None:
+    def retry(pos: int, item: Any, exc: BaseException, start: float) -> None:
         """The task raised: run it again while attempts remain; record its row."""
         tried, last = batch.attempts(pos)
         while True:
             end = now()
             if tried >= last:
-                import traceback
                 add_end(end)
                 add_value(None)
-                rows.note(pos, start, tried, peak_memory_mb(), (type(exc).__name__, str(exc),
-                          "".join(traceback.format_exception(exc))))
+                rows.note(pos, start, tried, peak_memory_mb(), describe(exc))
                 break
             tried += 1
             ints[1] = tried
             start = starts[0] = end
             try:
                 value = call(item)
-            except Exception as again:
+            except Control:
+                raise
+            except BaseException as again:
                 exc = again
                 continue
             end = now()
@@ -184,7 +190,9 @@ def run_calls(fn: Callable, batch: Batch, result: ChunkResult, style: str, hooks
             starts[0] = start
             try:
                 value = fn(item) if one_arg else fn(**item) if kwargs_style else fn(*item)
-            except Exception as exc:
+            except Control:
+                raise
+            except BaseException as exc:    # sys.exit, KeyboardInterrupt...: the task's own
                 retry(pos, item, exc, start)
                 end = now()               # the next task starts after the traceback was made
                 rows.note(pos + 1, end)
@@ -205,6 +213,43 @@ def run_calls(fn: Callable, batch: Batch, result: ChunkResult, style: str, hooks
             start = end
     finally:
         rows.settle()
+
+
+class Control(BaseException):
+    """deploy's own ways to stop the task loop (cancel, timeout, SIGTERM, Ctrl-C in the
+    caller's process): they pass through; any other exception a task raises is its failure."""
+
+
+def describe(exc: BaseException) -> tuple[str, str, str]:
+    """(type name, message, traceback text) of a task's exception, whatever its methods do
+    (a __str__ that raises, a message that is a str subclass)."""
+    import traceback
+    message = _safe_str(exc)
+    try:
+        tb = "".join(traceback.format_exception(exc))
+    except Control:
+        raise
+    except BaseException as err:
+        try:
+            frames = "".join(traceback.format_tb(exc.__traceback__))
+        except Exception:
+            frames = ""
+        tb = (f"Traceback (most recent call last):\n{frames}{type(exc).__name__}: {message}\n"
+              f"<the traceback could not be formatted: {type(err).__name__}>\n")
+    return type(exc).__name__, message, tb
+
+
+def _safe_str(obj: object) -> str:
+    try:
+        return str.__str__(str(obj))    # a plain str even when __str__ returns a subclass
+    except Control:
+        raise
+    except BaseException as err:
+        try:
+            why = f"{type(err).__name__}: {str.__str__(str(err))}"
+        except Exception:
+            why = type(err).__name__
+        return f"<str() failed: {why}>"
 
 
 def _caller(fn: Callable, style: str) -> Callable[[Any], Any]:

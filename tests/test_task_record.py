@@ -1,0 +1,166 @@
+"""What a task leaves in its row and in its process: the exception however it ended, its
+own peak memory, and no processes outliving it."""
+from __future__ import annotations
+
+import os
+import threading
+
+import pytest
+
+import deploy
+from conftest import run_python
+from deploy.environment import Local, LocalAsync
+
+
+def environments():
+    return [pytest.param(Local, id="Local"), pytest.param(lambda: LocalAsync(num_workers=1), id="LocalAsync")]
+
+
+class Custom(BaseException):
+    pass
+
+
+class BadStr(Exception):
+    def __str__(self):
+        raise ValueError("no str here")
+
+
+class BadRepr(Exception):
+    def __repr__(self):
+        raise ValueError("no repr here")
+
+
+class Unpicklable(Exception):
+    def __init__(self, message):
+        super().__init__(message)
+        self.lock = threading.Lock()
+
+    def __reduce__(self):
+        raise TypeError("not picklable")
+
+
+class Sub(str):
+    def __reduce__(self):
+        raise TypeError("not picklable either")
+
+
+class SubStr(Exception):
+    def __str__(self):
+        return Sub("a str subclass")
+
+
+class NotStr(Exception):
+    def __str__(self):
+        return 42
+
+
+class Unsendable:
+    def __reduce__(self):
+        raise SystemExit(5)
+
+
+ENDINGS = [
+    ("KeyboardInterrupt", "ki", lambda: KeyboardInterrupt("ki")),
+    ("SystemExit", "3", lambda: SystemExit(3)),
+    ("SystemExit", "0", lambda: SystemExit(0)),
+    ("GeneratorExit", "", lambda: GeneratorExit()),
+    ("Custom", "custom", lambda: Custom("custom")),
+    ("BadStr", "<str() failed: ValueError: no str here>", lambda: BadStr()),
+    ("BadRepr", "r", lambda: BadRepr("r")),
+    ("Unpicklable", "u", lambda: Unpicklable("u")),
+    ("SubStr", "a str subclass", lambda: SubStr()),
+    ("NotStr", "<str() failed: TypeError: __str__ returned non-string (type int)>", lambda: NotStr()),
+]
+
+
+def ends_badly(i):
+    if i < len(ENDINGS):
+        raise ENDINGS[i][2]()
+    if i == len(ENDINGS):
+        return Unsendable()
+    return os.getpid()
+
+
+@pytest.mark.parametrize("make_env", environments())
+def test_any_exception_fails_only_its_task_and_the_process_goes_on(make_env):
+    n = len(ENDINGS) + 2
+    params = [{"i": n - 1}] + [{"i": i} for i in range(n)]
+    job = deploy.map_job.create(ends_badly, params, environment=make_env(), chunk_size=len(params))
+    assert job.wait(timeout=60) == "Failed"
+    metrics = job.get_metrics()
+    rows = metrics.iloc[1:1 + len(ENDINGS)]
+    assert list(rows.status) == ["Failed"] * len(ENDINGS)
+    assert list(rows.exception) == [name for name, _, _ in ENDINGS]
+    assert list(rows.exception_message) == [message for _, message, _ in ENDINGS]
+    for tb in rows.exception_traceback:
+        assert "in ends_badly" in tb and "raise ENDINGS[i][2]()" in tb, tb
+    unsendable = metrics.iloc[1 + len(ENDINGS)]
+    assert unsendable.status == "Failed" and unsendable.exception == "SystemExit"
+    assert unsendable.exception_message == "the task's return value cannot be pickled: 5"
+    results = job.get_map_results()
+    assert metrics.iloc[-1].status == "Completed"
+    assert results[0] == results[-1]            # the same task process before and after
+    assert set(metrics.worker) == {metrics.worker.iloc[0]}
+
+
+def once_then(marker, how):
+    if not os.path.exists(marker):
+        open(marker, "w").close()
+        raise SystemExit(2) if how == "exit" else KeyboardInterrupt("first")
+    if how == "always":
+        raise KeyboardInterrupt("again")
+    return how
+
+
+@pytest.mark.parametrize("make_env", environments())
+def test_retries_apply_to_base_exceptions(make_env, tmp_path):
+    params = [{"marker": str(tmp_path / "a"), "how": "exit"},
+              {"marker": str(tmp_path / "b"), "how": "always"}]
+    job = deploy.map_job.create(once_then, params, environment=make_env(), max_retries=2)
+    assert job.wait(timeout=60) == "Failed"
+    metrics = job.get_metrics()
+    assert list(metrics.status) == ["Completed", "Failed"]
+    assert list(metrics.attempt) == [2, 3]
+    assert metrics.iloc[1].exception == "KeyboardInterrupt"
+    assert metrics.iloc[1].exception_message == "again"
+    assert job.get_map_results() == ["exit", None]
+
+
+def test_ctrl_c_in_the_callers_process_still_stops_a_local_job(tmp_path):
+    """A real SIGINT while Local runs tasks in the caller interrupts the caller, as before;
+    a KeyboardInterrupt a task raises itself is only a failed row (above)."""
+    tmp_path = tmp_path / "ran"
+    tmp_path.mkdir()
+    out = run_python(f"""
+        import os, signal, time
+        import deploy
+        from deploy.environment import Local
+
+        def task(i):
+            open(os.path.join({str(tmp_path)!r}, f"ran-{{i}}"), "w").close()
+            if i == 1:
+                os.kill(os.getpid(), signal.SIGINT)
+                time.sleep(30)
+            return i
+
+        try:
+            deploy.map_job.create(task, [{{"i": i}} for i in range(3)], environment=Local())
+        except KeyboardInterrupt:
+            print("interrupted")
+        print(sorted(os.listdir({str(tmp_path)!r})))
+    """, timeout=60)
+    assert out.stdout.splitlines() == ["interrupted", "['ran-0', 'ran-1']"]
+
+
+def test_cancel_and_timeout_still_stop_tasks():
+    job = deploy.map_job.create(sleepy, [{"s": 0}, {"s": 60}, {"s": 0}], environment=Local(),
+                                task_timeout=0.5)
+    assert job.get_metrics().exception.iloc[1] == "TimeoutError"
+    assert job.get_map_results() == [0, None, 0]
+
+
+def sleepy(s):
+    import time
+    time.sleep(s)
+    return s
+
