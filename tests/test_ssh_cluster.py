@@ -338,6 +338,39 @@ def test_failing_preparation_is_a_host_error_before_any_task_runs(cluster, ssh_h
         subprocess.run(["rm", "-rf", str(locked), str(partly)], check=True)
 
 
+def test_a_host_dropping_the_connection_mid_upload_is_a_host_error(cluster, ssh_hosts):
+    remote = f".deploy/drop-{os.getpid()}"
+    # ./python on each host: host2's kills its own SSH connection once 20 kB of a bundle arrived
+    wrappers = {ssh_hosts[0]: 'exec python3 "$@"\n',
+                ssh_hosts[1]: 'case "$*" in *tarfile*) head -c 20000 >/dev/null; kill -9 $PPID; exit 1;; esac\n'
+                              'exec python3 "$@"\n'}
+    for host, body in wrappers.items():
+        path = host.home / "python"
+        path.write_text("#!/bin/sh\n" + body)
+        os.chown(path, host.uid, host.gid)
+        os.chmod(path, 0o700)
+    try:
+        lab = cluster("dropped", hosts=("host1", "host2"), python="./python", remote_dir="~/" + remote)
+        start = time.monotonic()
+        with pytest.raises(HostError) as info:
+            deploy.map_job.create(add, [{"x": 1, "y": 2}], environment=lab)
+        text = str(info.value)
+        assert time.monotonic() - start < 60
+        assert info.value.host.startswith("'host2'") and "host1" not in text, text
+        assert "runtime bundle" in text and "connection dropped" in text, text
+        assert "Traceback" not in text and len(deploy.jobs) == 0
+        runtime = ssh_hosts[1].home / remote / "runtime"
+        assert not runtime.exists() or not any(e.name[0] != "." for e in runtime.iterdir())
+        # the host is back (a new connection) with its plain python3: prepared whole, runs tasks
+        lab = cluster("dropped", hosts=("host1", "host2"), remote_dir="~/" + remote)
+        job = deploy.map_job.create(add, [{"x": i, "y": 1} for i in range(4)], environment=lab)
+        assert job.get_results(timeout=60) == [1, 2, 3, 4]
+        assert [e.name for e in runtime.iterdir()] == [lab._hosts[1].runtime.pythonpath.rsplit("/", 1)[1]]
+    finally:
+        for host in wrappers:
+            subprocess.run(["rm", "-rf", str(host.home / "python"), str(host.home / remote)], check=True)
+
+
 # ---------------------------------------------------------------------------- failures
 
 def test_a_host_dying_mid_job_loses_nothing(cluster, ssh_hosts):

@@ -234,9 +234,22 @@ def _explain(exc: Exception, spec: HostSpec, timeout: float) -> str:
 
 # ---------------------------------------------------------------------------- commands
 
+TIMED_OUT = -1          # run()'s status when the command outlived its timeout
+NO_STATUS = -2          # ... when it ended without one: killed by a signal, or the connection dropped
+
+
+def ended(status: int) -> str:
+    """How a command that run() ran ended, for error messages."""
+    if status == TIMED_OUT:
+        return "timed out"
+    if status == NO_STATUS:
+        return "ended without an exit status: killed, or the connection dropped"
+    return f"exit {status}"
+
+
 def run(client: Any, command: str, stdin: bytes = b"", timeout: float | None = 300.0) -> tuple[int, str, str]:
     """Run a shell command on the host, feeding it `stdin` (how files travel: no SFTP);
-    (exit status, stdout, stderr). -1: timed out."""
+    (exit status, stdout, stderr), the status TIMED_OUT or NO_STATUS when there is none."""
     import select
     import time
     deadline = None if timeout is None else time.monotonic() + timeout
@@ -260,7 +273,7 @@ def run(client: Any, command: str, stdin: bytes = b"", timeout: float | None = 3
         while sent < len(stdin) and not chan.exit_status_ready() and not chan.closed:
             drain()
             if deadline is not None and time.monotonic() > deadline:
-                return answer(-1)
+                return answer(TIMED_OUT)
             try:
                 sent += chan.send(stdin[sent:sent + (1 << 16)])
             except socket.timeout:
@@ -278,8 +291,9 @@ def run(client: Any, command: str, stdin: bytes = b"", timeout: float | None = 3
                     break
             left = None if deadline is None else deadline - time.monotonic()
             if left is not None and left <= 0:
-                return answer(-1)
+                return answer(TIMED_OUT)
             select.select([chan], [], [], 0.5 if left is None else min(left, 0.5))
-        return answer(chan.recv_exit_status())
+        status = chan.recv_exit_status()
+        return answer(NO_STATUS if status == -1 else status)
     finally:
         chan.close()

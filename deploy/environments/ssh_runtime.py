@@ -31,7 +31,7 @@ from typing import Any, Iterable
 
 from ..runtime import Bundle, libs_bundle, runtime_bundle, wheels_bundle
 from ..runtime import wheel_files as _wheel_files
-from .ssh_connect import HostError, run
+from .ssh_connect import HostError, ended, run
 
 MIN_PYTHON = (3, 10)
 DEFAULT_ROOT = "~/.deploy/remote"
@@ -188,8 +188,8 @@ def probe(client: Any, host: str, options: Options, extra: Iterable[str] = ()) -
         raise HostError(host, f"cannot use remote_dir {options.root}: {err.strip()[-300:]} (set "
                               "remote_dir= to a folder the remote user can write)")
     if rc != 0:
-        what = "timed out" if rc == -1 else f"failed (exit {rc})"
-        raise HostError(host, f"probing the host with {options.python} {what}: {err.strip()[-500:]}")
+        raise HostError(host, f"probing the host with {options.python} failed ({ended(rc)}): "
+                              f"{err.strip()[-500:]}")
     try:
         info = json.loads(out.strip().splitlines()[-1])
         version = tuple(info["version"])
@@ -214,8 +214,7 @@ def ship(client: Any, host: str, bundle: Bundle, root: str, python: str) -> str:
                              hashlib.sha256(bundle.data).hexdigest())
     rc, _, err = run(client, command, stdin=bundle.data, timeout=300)
     if rc != 0:
-        what = "timed out" if rc == -1 else f"exit {rc}"
-        raise HostError(host, f"cannot put the {bundle.kind} bundle in {root}/{bundle.kind} ({what}): "
+        raise HostError(host, f"cannot put the {bundle.kind} bundle in {root}/{bundle.kind} ({ended(rc)}): "
                               f"{err.strip()[-500:]}")
     return final
 
@@ -263,7 +262,7 @@ def build_venv(client: Any, host: str, options: Options, info: dict, digest: str
     if rc != 0:
         tail = "\n".join((out + err).strip().splitlines()[-15:])
         raise HostError(host, f"pip install of additional_packages {list(options.packages)} failed "
-                              f"(exit {rc}):\n{tail}")
+                              f"({ended(rc)}):\n{tail}")
 
 
 def has_module(client: Any, root: str, python: str, pythonpath: str, module: str) -> bool:
