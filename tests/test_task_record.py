@@ -164,3 +164,25 @@ def sleepy(s):
     time.sleep(s)
     return s
 
+
+
+def hold(mb, seconds):
+    """Touch `mb` MB (so it is resident), then let it go."""
+    import time
+    data = b"x" * (mb << 20)
+    time.sleep(seconds)
+    return len(data) >> 20
+
+
+@pytest.mark.parametrize("make_env", environments())
+def test_peak_memory_is_each_tasks_own_peak(make_env):
+    """Measured tasks (over 1 ms) report their own peak; a short task after a big one
+    reports what is resident then, not the big one's peak."""
+    params = [(1, 0.01), (400, 0.01), (1, 0.01), (1, 0), (400, 0.01), (0, 0)]
+    job = deploy.map_job.create(hold, [{"mb": mb, "seconds": s} for mb, s in params],
+                                environment=make_env(), chunk_size=len(params))
+    assert job.get_results(timeout=120) == [mb for mb, _ in params]
+    memory = list(job.get_metrics().peak_memory_mb)
+    small, big = [memory[i] for i in (0, 2, 3, 5)], [memory[i] for i in (1, 4)]
+    assert all(m >= 400 for m in big), memory
+    assert all(0 < m < min(big) - 300 for m in small), memory

@@ -88,8 +88,64 @@ def dumps_result(result: ChunkResult) -> bytes:
 
 
 def peak_memory_mb() -> float:
+    """This process's lifetime peak resident memory, in MB."""
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
     return peak / (1024 * 1024) if sys.platform == "darwin" else peak / 1024
+
+
+class MemoryGauge:
+    """Peak resident memory of this process per interval: on Linux VmHWM from
+    /proc/self/status, reset after each reading through /proc/self/clear_refs (about 10 us
+    a sample); elsewhere (or where /proc is closed) the lifetime peak."""
+
+    def __init__(self) -> None:
+        self.fds: tuple[int, int] | None = None
+        self.ids: list[tuple[int, int]] = []
+        try:
+            status = os.open("/proc/self/status", os.O_RDONLY | os.O_CLOEXEC)
+        except OSError:
+            return
+        try:
+            clear = os.open("/proc/self/clear_refs", os.O_WRONLY | os.O_CLOEXEC)
+        except OSError:
+            os.close(status)
+            return
+        self.fds = status, clear
+        self.ids = [_identity(fd) for fd in self.fds]
+
+    def sample(self) -> tuple[float, float]:
+        """(peak MB since the last sample, resident MB now); the next interval starts."""
+        if self.fds is not None:
+            status, clear = self.fds
+            try:
+                data = os.pread(status, 4096, 0)
+                if _identity(clear) != self.ids[1]:
+                    raise OSError("a task closed the descriptor")
+                os.write(clear, b"5")
+                return _kb(data, b"\nVmHWM:") / 1024, _kb(data, b"\nVmRSS:") / 1024
+            except (OSError, ValueError):
+                self.close()
+        peak = peak_memory_mb()
+        return peak, peak
+
+    def close(self) -> None:
+        for fd, ident in zip(self.fds or (), self.ids):
+            try:
+                if _identity(fd) == ident:       # still ours: a task may have closed it
+                    os.close(fd)
+            except OSError:
+                pass
+        self.fds = None
+
+
+def _identity(fd: int) -> tuple[int, int]:
+    st = os.fstat(fd)
+    return st.st_dev, st.st_ino
+
+
+def _kb(status: bytes, field: bytes) -> int:
+    at = status.index(field) + len(field)
+    return int(status[at:status.index(b"kB", at)])
 
 
 def worker_id() -> str:
@@ -150,7 +206,15 @@ def run_calls(fn: Callable, batch: Batch, result: ChunkResult, style: str, hooks
     add_end, add_value = result.end.append, result.values.append
     fd_check = _FD_CHECK
     start = flushed = now()
-    rows = _Rows(result, batch, start, peak_memory_mb())
+    gauge = MemoryGauge()
+    rows = _Rows(result, batch, start, gauge.sample()[1])
+
+    def measure(pos: int) -> None:
+        """Task `pos` ran long enough to be measured: its peak; the short tasks after it
+        show the memory it left resident."""
+        peak, resident = gauge.sample()
+        rows.note(pos, memory=peak)
+        rows.note(pos + 1, memory=resident)
 
     def retry(pos: int, item: Any, exc: BaseException, start: float) -> None:
         """The task raised: run it again while attempts remain; record its row."""
@@ -160,7 +224,8 @@ def run_calls(fn: Callable, batch: Batch, result: ChunkResult, style: str, hooks
             if tried >= last:
                 add_end(end)
                 add_value(None)
-                rows.note(pos, start, tried, peak_memory_mb(), describe(exc))
+                rows.note(pos, start, tried, error=describe(exc))
+                measure(pos)
                 break
             tried += 1
             ints[1] = tried
@@ -175,7 +240,8 @@ def run_calls(fn: Callable, batch: Batch, result: ChunkResult, style: str, hooks
             end = now()
             add_end(end)
             add_value(value)
-            rows.note(pos, start, tried, peak_memory_mb())
+            rows.note(pos, start, tried)
+            measure(pos)
             break
         output.end()                  # while the slot still names the attempt
         ints[1] = 0
@@ -202,7 +268,7 @@ def run_calls(fn: Callable, batch: Batch, result: ChunkResult, style: str, hooks
                 add_value(value)
                 if end - start > fd_check or output.printed:
                     if end - start > _SLOW:
-                        rows.note(pos, memory=peak_memory_mb())
+                        measure(pos)
                     output.end()
             if end - flushed > flush_every:
                 rows.settle()
