@@ -371,6 +371,31 @@ def test_a_host_dropping_the_connection_mid_upload_is_a_host_error(cluster, ssh_
             subprocess.run(["rm", "-rf", str(host.home / "python"), str(host.home / remote)], check=True)
 
 
+def test_leftovers_of_interrupted_preparations_are_pruned(cluster, ssh_hosts):
+    host = ssh_hosts[2]
+    remote = f".deploy/leftovers-{os.getpid()}"
+    root = host.home / remote
+    old = ["runtime/.tmp-abc-1", "wheels/.tmp-def-2", "venvs/lab.tmp-77", "venvs/lab.old-77-1"]
+    recent = ["runtime/.tmp-abc-3", "venvs/lab.tmp-78"]     # maybe another client's, in progress
+    for rel in old + recent:
+        (root / rel).mkdir(parents=True)
+        (root / rel / "part").write_bytes(b"half")
+    kept = root / "venvs" / "other"                          # another cluster's venv, however old
+    kept.mkdir()
+    month_ago = time.time() - 30 * 86400
+    for rel in old + ["venvs/other"]:
+        os.utime(root / rel / ("part" if rel in old else "."), (month_ago, month_ago))
+        os.utime(root / rel, (month_ago, month_ago))
+    subprocess.run(["chown", "-R", f"{host.uid}:{host.gid}", str(host.home / ".deploy")], check=True)
+    try:
+        cluster("leftovers", hosts=("host3",), remote_dir="~/" + remote).prepare()
+        assert not [rel for rel in old if (root / rel).exists()]
+        assert all((root / rel / "part").exists() for rel in recent) and kept.is_dir()
+        assert not [e.name for e in root.glob("*/.pruned-*")]
+    finally:
+        subprocess.run(["rm", "-rf", str(root)], check=True)
+
+
 # ---------------------------------------------------------------------------- failures
 
 def test_a_host_dying_mid_job_loses_nothing(cluster, ssh_hosts):

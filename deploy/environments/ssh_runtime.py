@@ -13,7 +13,8 @@ each version once. Layout on the host (all 0700, private to the remote user):
     ~/.deploy/remote/jobs/<job id>/      the workers' own stderr (per host label), their TMPDIR
     ~/.deploy/remote/agent.log           the agents' own stray output
 
-Bundles, uploaded wheels and job folders unused for 14 days are pruned when a client probes.
+Bundles, uploaded wheels, job folders and what interrupted transfers or venv builds left
+behind are pruned after 14 days unused, when a client probes.
 
 Files travel as the stdin of an exec channel, never by SFTP (hardened servers often offer no
 SFTP subsystem): a receiver on the host checks the bytes' length and SHA-256, unpacks them
@@ -98,9 +99,11 @@ for rel in sys.argv[2:]:
     except OSError:
         files[rel] = None
 old = time.time() - 14 * 86400
-for kind in ("runtime", "libs", "wheels", "jobs"):
+for kind in ("runtime", "libs", "wheels", "jobs", "venvs"):
     folder = os.path.join(root, kind)
     for name in (os.listdir(folder) if os.path.isdir(folder) else []):
+        if kind == "venvs" and ".tmp-" not in name and ".old-" not in name:
+            continue        # a cluster's venv stays; what an interrupted build left goes
         path = os.path.join(folder, name)
         try:
             seen = max([os.stat(path).st_mtime] + [e.stat().st_mtime for e in os.scandir(path)])
