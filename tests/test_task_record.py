@@ -186,3 +186,57 @@ def test_peak_memory_is_each_tasks_own_peak(make_env):
     small, big = [memory[i] for i in (0, 2, 3, 5)], [memory[i] for i in (1, 4)]
     assert all(m >= 400 for m in big), memory
     assert all(0 < m < min(big) - 300 for m in small), memory
+
+
+def starts_processes(hang):
+    """Starts `sleep` three ways and returns their pids: a direct child, one double-forked
+    through a shell that exits, one in a new session; `hang`: then outlive the timeout."""
+    import subprocess
+    import time
+    direct = subprocess.Popen(["sleep", "300"])
+    shell = subprocess.run(["sh", "-c", "sleep 301 >/dev/null 2>&1 & echo $!"],
+                           capture_output=True, text=True, check=True)
+    session = subprocess.run(["setsid", "sh", "-c", "sleep 302 >/dev/null 2>&1 & echo $!"],
+                             capture_output=True, text=True, check=True)
+    pids = [direct.pid, int(shell.stdout), int(session.stdout)]
+    if hang:
+        print("pids", *pids, flush=True)
+        time.sleep(300)
+    return pids
+
+
+def sleeping(pid):
+    """Whether `pid` is still one of the `sleep` processes (pids are not reused that fast)."""
+    try:
+        with open(f"/proc/{pid}/cmdline", "rb") as f:
+            return f.read().startswith(b"sleep")
+    except OSError:
+        return False
+
+
+def test_processes_a_task_started_end_with_it():
+    job = deploy.map_job.create(starts_processes, [{"hang": False}] * 2,
+                                environment=LocalAsync(num_workers=1), chunk_size=2)
+    pids = [pid for started in job.get_results(timeout=60) for pid in started]
+    try:
+        assert len(pids) == 6 and all(pids)
+        assert [pid for pid in pids if sleeping(pid)] == []     # gone when the job is done
+        assert list(job.get_metrics().status) == ["Completed"] * 2
+    finally:
+        for pid in pids:
+            if sleeping(pid):
+                os.kill(pid, 9)
+
+
+def test_a_task_stopped_by_its_timeout_takes_its_processes_along():
+    job = deploy.map_job.create(starts_processes, [{"hang": True}], task_timeout=3,
+                                environment=LocalAsync(num_workers=1))
+    assert job.wait(timeout=60) == "Failed"
+    assert job.get_metrics().exception.iloc[0] == "TimeoutError"
+    pids = [int(p) for p in job.get_logs().split("pids", 1)[1].split()[:3]]
+    try:
+        assert [pid for pid in pids if sleeping(pid)] == []
+    finally:
+        for pid in pids:
+            if sleeping(pid):
+                os.kill(pid, 9)

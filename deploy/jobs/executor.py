@@ -17,7 +17,7 @@ import sys
 import time
 from typing import Any, Callable
 
-from . import runner
+from . import descendants, runner
 from .results import C_FAILED, ChunkResult, PackedResult, canceled
 from ..store.local import create_file_exclusive
 from .runner import Batch, Slot
@@ -209,8 +209,10 @@ def _die_with_parent() -> None:
 
 def _child_main(functions: dict[str, Callable], worker: str, tasks_fd: int, rows_fd: int,
                 slot: Slot) -> None:
-    """The task process: runs batches sent by the worker, streams their rows back."""
+    """The task process: runs batches sent by the worker, streams their rows back.
+    Processes a task starts end with the task (see `descendants`)."""
     _die_with_parent()
+    descendants.become_subreaper(_PRCTL)
     signal.signal(signal.SIGTERM, signal.SIG_DFL)
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     devnull = os.open(os.devnull, os.O_RDONLY)
@@ -243,7 +245,9 @@ def _child_main(functions: dict[str, Callable], worker: str, tasks_fd: int, rows
             result.clear()
 
         runner.run_calls(functions[kind], batch, result, style,
-                         runner.Hooks(output, slot, flush, _FLUSH_SECONDS))
+                         runner.Hooks(output, slot, flush, _FLUSH_SECONDS,
+                                      after=descendants.end_children))
+        descendants.end_children()
         slot.set_idle()
         data = runner.dumps_result(result)
         failed = result.failed()
@@ -289,10 +293,7 @@ class ForkExecutor:
         """Kill the child (if alive) and reap it; describe how it ended."""
         if self.pid is None:
             return "no process"
-        try:
-            os.kill(self.pid, signal.SIGKILL)
-        except ProcessLookupError:
-            pass
+        descendants.kill_tree(self.pid)     # the processes its task started too
         _, status = os.waitpid(self.pid, 0)
         for fd in (self.tasks_fd, self.rows_fd):
             os.close(fd)

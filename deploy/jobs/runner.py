@@ -158,15 +158,18 @@ class Hooks:
     `output`: the TaskOutput that attributes printed output; `slot`: shared memory the
     worker reads for timeouts and lost task processes (see `Slot`; None: nobody watches);
     `flush()`: called after a call once `flush_every` seconds passed since the last;
-    `before(pos)`: called before each call.
+    `before(pos)`: called before each call; `after()`: called after each call that took
+    longer than 20 us (time enough to start a process) or raised, before its output is
+    claimed; it returns whether it spent time (then the next task starts after it).
     """
 
     def __init__(self, output: "TaskOutput", slot: "Slot | None" = None,
                  flush: Callable[[], None] | None = None, flush_every: float = 0.5,
-                 before: Callable[[int], None] | None = None) -> None:
+                 before: Callable[[int], None] | None = None,
+                 after: Callable[[], bool] | None = None) -> None:
         self.output, self.slot, self.flush = output, slot, flush
         self.flush_every = flush_every if flush is not None else float("inf")
-        self.before = before
+        self.before, self.after = before, after
 
 
 class Slot:
@@ -198,6 +201,7 @@ def run_calls(fn: Callable, batch: Batch, result: ChunkResult, style: str, hooks
     kwargs_style, one_arg = style == "kwargs", style == "arg"
     now = time.time
     output, before, flush, flush_every = hooks.output, hooks.before, hooks.flush, hooks.flush_every
+    after = hooks.after
     slot = hooks.slot or Slot(bytearray(Slot.SIZE))
     ints, starts = slot.ints, slot.start
     indices = batch.indices
@@ -217,10 +221,13 @@ def run_calls(fn: Callable, batch: Batch, result: ChunkResult, style: str, hooks
         rows.note(pos + 1, memory=resident)
 
     def retry(pos: int, item: Any, exc: BaseException, start: float) -> None:
-        """The task raised: run it again while attempts remain; record its row."""
+        """The task raised: run it again while attempts remain; record its row. What an
+        attempt started ends (`after`) before the next attempt or the row."""
         tried, last = batch.attempts(pos)
         while True:
             end = now()
+            if after is not None and after():
+                end = now()
             if tried >= last:
                 add_end(end)
                 add_value(None)
@@ -237,6 +244,8 @@ def run_calls(fn: Callable, batch: Batch, result: ChunkResult, style: str, hooks
             except BaseException as again:
                 exc = again
                 continue
+            if after is not None:
+                after()
             end = now()
             add_end(end)
             add_value(value)
@@ -269,6 +278,9 @@ def run_calls(fn: Callable, batch: Batch, result: ChunkResult, style: str, hooks
                 if end - start > fd_check or output.printed:
                     if end - start > _SLOW:
                         measure(pos)
+                    if after is not None and end - start > fd_check and after():
+                        end = now()
+                        rows.note(pos + 1, end)
                     output.end()
             if end - flushed > flush_every:
                 rows.settle()
