@@ -6,11 +6,14 @@ import json
 import linecache
 import os
 import pickle
+import subprocess
 import sys
 import textwrap
 
 import cloudpickle
+import pytest
 
+import deploy
 from conftest import run_python
 from deploy.environment import LocalAsync
 from deploy.environments import by_value
@@ -145,3 +148,28 @@ def test_source_is_shipped_once_per_file_and_capped(tmp_path, monkeypatch):
         sys.modules.pop("userland_cap", None)
     fn = pickle.loads(capped)
     assert fn.__code__.co_filename == path
+
+
+@pytest.mark.ssh
+def test_ssh_hosts_without_the_file_show_its_source(ssh_hosts, tmp_path, monkeypatch):
+    """The module lives under this test's private tmp dir, which the hosts' users cannot
+    read: the lines in the traceback can only have come with the pickle."""
+    from deploy.environments.ssh import SshCluster
+    path = write_module(tmp_path, "userland_ssh")
+    monkeypatch.syspath_prepend(os.path.dirname(path))
+    import userland_ssh
+    env = SshCluster("tb", ["host1"], ssh_config=str(ssh_hosts.ssh_config_path))
+    try:
+        job = deploy.map_job.create(userland_ssh.add, [{"x": 1, "y": 2}, {"x": None, "y": 1}],
+                                    environment=env)
+        assert job.wait(timeout=120) == "Failed"
+        assert job.get_map_results() == [4, None]
+        row = job.get_metrics().iloc[1]
+        assert row.exception == "TypeError"
+        assert_names_source(row.exception_traceback, path)
+        host_user = ssh_hosts[0].user
+        assert subprocess.run(["runuser", "-u", host_user, "--", "cat", path],
+                              capture_output=True).returncode != 0   # the host cannot read it
+    finally:
+        env.stop()
+        sys.modules.pop("userland_ssh", None)
