@@ -6,16 +6,19 @@ Exit codes: 0 success (all tasks completed), 1 a task failed or the job did not 
 from __future__ import annotations
 
 import argparse
-import csv
 import importlib
 import importlib.util
 import json
 import os
+import re
+import stat
 import sys
 from pathlib import Path
 from typing import Any, Callable
 
 EXIT_OK, EXIT_FAILED, EXIT_USAGE = 0, 1, 2
+_INDEX = re.compile(r"-?[0-9]+")
+_LINE_BREAKS = re.compile("\\s*[\n\r\v\f\x1c\x1d\x1e\x85\u2028\u2029]+\\s*")   # as str.splitlines
 
 
 class UsageError(Exception):
@@ -25,74 +28,103 @@ class UsageError(Exception):
 # -- loading what the user names ---------------------------------------------------------
 
 def load_callable(ref: str) -> Callable:
-    """'path/to/file.py:func' or 'package.module:func' -> the callable."""
+    """'path/to/file.py:func' or 'package.module:func' (or ':Class.method') -> the callable."""
     target, sep, attr = ref.rpartition(":")
     if not sep or not target or not attr:
         raise UsageError(f"bad function reference {ref!r}: use FILE.py:FUNC or module:FUNC")
-    if target.endswith(".py") or os.sep in target:
-        path = Path(target).expanduser().resolve()
-        if not path.is_file():
-            raise UsageError(f"no such file: {target}")
-        import cloudpickle
-        name = f"deploy_user_{path.stem}"
-        spec = importlib.util.spec_from_file_location(name, path)
-        module = importlib.util.module_from_spec(spec)
-        sys.modules[name] = module
-        sys.path.insert(0, str(path.parent))
-        try:
-            spec.loader.exec_module(module)
-        except Exception as exc:
-            raise UsageError(f"cannot load {target}: {type(exc).__name__}: {exc}") from exc
-        cloudpickle.register_pickle_by_value(module)   # workers need not find the file
+    if not all(part.isidentifier() for part in attr.split(".")):
+        raise UsageError(f"bad function name {attr!r} in {ref!r}: use FILE.py:FUNC or module:FUNC")
+    if target.endswith(".py") or "/" in target or os.sep in target:
+        module = _load_file(target)
     else:
+        module = _import_module(target)
+    obj: Any = module
+    for part in attr.split("."):
+        try:
+            obj = getattr(obj, part)
+        except Exception:               # AttributeError, or whatever a module __getattr__ raises
+            raise UsageError(f"{target} has no function {attr!r}") from None
+    if not callable(obj):
+        kind = type(obj).__name__
+        raise UsageError(f"{target}:{attr} is {'an' if kind[0] in 'aeiou' else 'a'} {kind}, "
+                         "not a function")
+    return obj
+
+
+def _load_file(target: str) -> Any:
+    """Run a user's .py file as a module that workers get by value (they need not find it)."""
+    path = Path(os.path.abspath(os.path.expanduser(target)))
+    try:
+        mode = os.stat(path).st_mode
+    except FileNotFoundError:
+        raise UsageError(f"no such file: {target}") from None
+    except (OSError, ValueError) as exc:      # a loop of links, a name too long, a NUL byte
+        raise UsageError(f"cannot use {target!r}: {getattr(exc, 'strerror', None) or exc}") from None
+    if not stat.S_ISREG(mode):
+        raise UsageError(f"{target} is not a Python file")
+    name = "deploy_user_" + "".join(c if c.isalnum() else "_" for c in path.stem)
+    spec = importlib.util.spec_from_file_location(name, path)
+    module = importlib.util.module_from_spec(spec)
+    folder = str(path.parent)
+    added = folder not in sys.path
+    if added:
+        sys.path.insert(0, folder)      # so that it can import its neighbours
+    sys.modules[name] = module
+    try:
+        spec.loader.exec_module(module)
+    except KeyboardInterrupt:
+        raise
+    except BaseException as exc:        # whatever the user's module raises, SystemExit too
+        sys.modules.pop(name, None)
+        if added:
+            sys.path.remove(folder)
+        raise UsageError(f"cannot load {target}: {_describe(exc, str(path))}") from None
+    import cloudpickle
+    cloudpickle.register_pickle_by_value(module)
+    return module
+
+
+def _import_module(target: str) -> Any:
+    if os.getcwd() not in sys.path:
         sys.path.insert(0, os.getcwd())
-        try:
-            module = importlib.import_module(target)
-        except ImportError as exc:
-            raise UsageError(f"cannot import module {target!r}: {exc}") from exc
-    fn = getattr(module, attr, None)
-    if not callable(fn):
-        raise UsageError(f"{target} has no function {attr!r}")
-    return fn
+    try:
+        return importlib.import_module(target)
+    except KeyboardInterrupt:
+        raise
+    except BaseException as exc:
+        raise UsageError(f"cannot import module {target!r}: {_describe(exc, None)}") from None
 
 
-def _cell(value: str) -> Any:
-    for kind in (int, float):
-        try:
-            return kind(value)
-        except ValueError:
-            pass
-    return value
+def _describe(exc: BaseException, filename: str | None) -> str:
+    """'TypeError: ... (line 3)': what a user's module raised as it loaded, where in it."""
+    if isinstance(exc, SystemExit):
+        return f"it called sys.exit({exc.code!r}) while loading"
+    where = ""
+    if filename and not isinstance(exc, SyntaxError):
+        import traceback
+        lines = [f.lineno for f in traceback.extract_tb(exc.__traceback__) if f.filename == filename]
+        where = f" (line {lines[-1]})" if lines else ""
+    try:
+        text = str(exc)
+    except Exception:
+        text = "(its message cannot be shown)"
+    return f"{type(exc).__name__}: {text}{where}"
 
 
 def load_params(path: str) -> list[dict]:
     """A JSON list of objects, JSON Lines (.jsonl/.ndjson), or CSV with a header row."""
-    file = Path(path).expanduser()
-    if not file.is_file():
-        raise UsageError(f"no such parameter file: {path}")
-    text = file.read_text()
-    suffix = file.suffix.lower()
+    from .param_files import ParamFileError, read
     try:
-        if suffix == ".csv":
-            rows = list(csv.DictReader(text.splitlines()))
-            if not rows:
-                raise UsageError(f"{path}: no rows under the CSV header")
-            return [{k: _cell(v) for k, v in row.items()} for row in rows]
-        if suffix in (".jsonl", ".ndjson"):
-            return [json.loads(line) for line in text.splitlines() if line.strip()]
-        data = json.loads(text)
-    except json.JSONDecodeError as exc:
-        raise UsageError(f"{path}: not valid JSON: {exc}") from None
-    if not isinstance(data, list):
-        raise UsageError(f"{path}: expected a JSON list of objects")
-    return data
+        return read(path)
+    except ParamFileError as exc:
+        raise UsageError(str(exc)) from None
 
 
 def _job(ref: str):
     import deploy
     from .errors import JobNotFound
     try:
-        return deploy.jobs[int(ref)] if ref.lstrip("-").isdigit() else deploy.jobs[ref]
+        return deploy.jobs[int(ref)] if _INDEX.fullmatch(ref) else deploy.jobs[ref]
     except JobNotFound as exc:
         raise UsageError(str(exc)) from None
 
@@ -107,15 +139,17 @@ def cmd_run(args: argparse.Namespace) -> int:
     import deploy
     from .environments.registry import environments
     from .errors import EnvironmentNotFound
+    params = load_params(args.params)
     fn = load_callable(args.function)
     combiner = load_callable(args.combiner) if args.combiner else None
-    params = load_params(args.params)
     env = None
     if args.env:
         try:
             env = environments[args.env]
         except EnvironmentNotFound as exc:
             raise UsageError(str(exc)) from None
+        except (ValueError, TypeError, ImportError) as exc:     # a saved entry it cannot rebuild
+            raise UsageError(f"cannot use environment {args.env!r}: {exc}") from None
         if args.detach and getattr(env, "needs_client", False):
             raise UsageError(f"environment {args.env!r} relays its jobs through this process, which "
                              "--detach would end: give it a shared store (or do not detach)")
@@ -153,6 +187,8 @@ def cmd_jobs(args: argparse.Namespace) -> int:
     import deploy
     action = args.action or "list"
     if action == "list":
+        if args.refs:
+            raise UsageError(f"deploy jobs list takes no arguments, got {args.refs[0]!r}")
         frame = deploy.jobs.list()
         from tabulate import tabulate
         print(tabulate(frame.values.tolist(), headers=list(frame.columns)) if len(frame) else "no jobs")
@@ -165,12 +201,14 @@ def cmd_jobs(args: argparse.Namespace) -> int:
             if any(c in ref for c in "*?["):
                 removed += deploy.jobs.delete(pattern=ref)
             else:
-                _job(ref)
-                removed += deploy.jobs.delete(name=ref)
+                removed += deploy.jobs.delete(name=_job(ref).name)
         print("\n".join(f"removed {n}" for n in removed) or "nothing matched")
         return EXIT_OK
-    if not args.refs:
-        raise UsageError(f"deploy jobs {action} needs a job name or index")
+    most = 2 if action == "logs" else 1
+    if not 1 <= len(args.refs) <= most:
+        raise UsageError(f"deploy jobs {action} takes a job name or index"
+                         + (" and optionally a task name" if action == "logs" else "")
+                         + f", got {len(args.refs)} arguments")
     job = _job(args.refs[0])
     if action == "show":
         print(job)
@@ -207,6 +245,8 @@ def cmd_envs(args: argparse.Namespace) -> int:
     action = args.action or "list"
     try:
         if action == "list":
+            if args.rest:
+                raise UsageError(f"deploy envs list takes no arguments, got {args.rest[0]!r}")
             frame = deploy.environments.list()
             from tabulate import tabulate
             print(tabulate(frame.values.tolist(), headers=list(frame.columns))
@@ -282,8 +322,7 @@ def _one(args: argparse.Namespace, action: str) -> str:
 
 class _Parser(argparse.ArgumentParser):
     def error(self, message: str) -> None:
-        self.print_usage(sys.stderr)
-        raise UsageError(message)
+        raise UsageError(f"{message} (see '{self.prog} --help')")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -374,16 +413,28 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
-    from .errors import DeployError
+    """Run the command in `argv` (default: sys.argv[1:]); the exit code."""
+    from .errors import ConfigError, DeployError, EnvironmentNotFound, JobNotFound
     try:
-        args = build_parser().parse_args(argv)
+        try:
+            args = build_parser().parse_args(argv)
+        except SystemExit as exc:       # --help, --version
+            return exc.code if isinstance(exc.code, int) else EXIT_OK
         return args.handler(args)
-    except UsageError as exc:
-        print(f"deploy: error: {exc}", file=sys.stderr)
-        return EXIT_USAGE
+    except (UsageError, ConfigError, JobNotFound, EnvironmentNotFound) as exc:
+        return _fail(str(exc), EXIT_USAGE)
     except DeployError as exc:
-        print(f"deploy: error: {exc}", file=sys.stderr)
-        return EXIT_FAILED
+        return _fail(str(exc), EXIT_FAILED)
+    except OSError as exc:              # the disk, the network: not the user's input
+        where = f": {exc.filename}" if exc.filename else ""
+        return _fail(f"{exc.strerror or exc}{where}", EXIT_FAILED)
+
+
+def _fail(message: str, code: int) -> int:
+    if code == EXIT_USAGE:              # one line, whatever the message held
+        message = _LINE_BREAKS.sub(" ", message).strip()
+    print(f"deploy: error: {message}", file=sys.stderr)
+    return code
 
 
 if __name__ == "__main__":

@@ -10,6 +10,10 @@ class JobError(DeployError):
     """A job did not give a result: tasks failed, it was canceled, or it cannot be read."""
 
 
+class ConfigError(DeployError, ValueError):
+    """The configuration (file, DEPLOY_* variable, deploy home) cannot be used as it is."""
+
+
 class JobNotFound(DeployError, KeyError):
     """No job by that name or index in the registry."""
 

@@ -18,13 +18,33 @@ from .jobs.registry import jobs as job_registry
 from .store import layout
 
 
+MAX_TIMEOUT = 1e8          # seconds (three years): beyond, timers overflow on some platforms
+MAX_NAME = 200
+
+
+def _check_name(name: Any) -> None:
+    """A job name the registry, the CLI and task names can all carry."""
+    if not isinstance(name, str) or not specs.NAME_PATTERN.fullmatch(name):
+        raise ValueError(f"bad job name {name!r}: use only letters, digits, '_' and '-'")
+    if len(name) > MAX_NAME:
+        raise ValueError(f"bad job name {name[:20]!r}...: {len(name)} characters, at most {MAX_NAME}")
+    if name.startswith("-") or name.isdigit():
+        raise ValueError(f"bad job name {name!r}: it would read as "
+                         + ("an option" if name.startswith("-") else "an index") + " on the command line")
+
+
 def _check_count(value: Any, what: str, minimum: int) -> int:
     if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
         raise ValueError(f"{what} must be an integer >= {minimum}, got {value!r}")
     return value
 
 
-def _parameters(parameter_set: Any, max_tasks: int, dicts: bool = True) -> list:
+def _parameters(parameter_set: Any, max_tasks: int, dicts: bool = True,
+                function: Callable | None = None) -> list:
+    """The tasks' inputs as a list, checked: dicts of keyword arguments that fit `function`'s
+    signature (when `dicts`), at least one, at most `max_tasks`."""
+    if not dicts and not isinstance(parameter_set, Iterable):
+        raise TypeError(f"deploy.map() needs an iterable, got {type(parameter_set).__name__}")
     if isinstance(parameter_set, (str, bytes, Mapping)) or not isinstance(parameter_set, Iterable):
         raise TypeError("parameter_set must be a list (or other iterable) of dicts of keyword "
                         f"arguments, got {type(parameter_set).__name__}")
@@ -40,16 +60,74 @@ def _parameters(parameter_set: Any, max_tasks: int, dicts: bool = True) -> list:
         raise ValueError(f"parameter_set has more than max_tasks={max_tasks} tasks; "
                          "pass a larger max_tasks= if you mean it")
     if not params:
-        raise ValueError("parameter_set is empty: give at least one dict of keyword arguments")
+        raise ValueError("parameter_set is empty: give at least one dict of keyword arguments"
+                         if dicts else "deploy.map() got an empty iterable: nothing to run")
+    fits = _keyword_check(function) if dicts else None
+    last = None
     for i, item in enumerate(params if dicts else ()):
         if type(item) is not dict:
             if not isinstance(item, Mapping):
                 raise TypeError(f"parameter_set[{i}] is a {type(item).__name__}, not a dict of "
                                 "keyword arguments")
             params[i] = item = dict(item)
-        if not all(type(k) is str for k in item):
+        keys = item.keys()
+        if keys == last:                # the usual case: the same keys as the item before
+            continue
+        if not all(type(k) is str for k in keys):
             raise TypeError(f"parameter_set[{i}] has a key that is not a string")
+        problem = fits(keys) if fits else None
+        if problem:
+            raise TypeError(f"parameter_set[{i}] does not fit {specs.function_label(function)}"
+                            f"{_signature_text(function)}: {problem}")
+        last = keys
     return params
+
+
+def _keyword_check(function: Callable | None) -> Callable[[Any], str | None] | None:
+    """keys -> why `function(**{keys})` cannot be called (None if it can); None when the
+    signature is unknown. The callable's own signature: a decorator's (*args, **kwargs)
+    accepts anything, since it may supply arguments itself."""
+    try:
+        parameters = inspect.signature(function, follow_wrapped=False).parameters.values()
+    except (TypeError, ValueError):
+        return None
+    kinds = inspect.Parameter
+    named = {p.name for p in parameters if p.kind in (kinds.POSITIONAL_OR_KEYWORD, kinds.KEYWORD_ONLY)}
+    required = {p.name for p in parameters if p.name in named and p.default is kinds.empty}
+    any_name = any(p.kind is kinds.VAR_KEYWORD for p in parameters)
+    positional = [p.name for p in parameters
+                  if p.kind is kinds.POSITIONAL_ONLY and p.default is kinds.empty]
+
+    def check(keys: Any) -> str | None:
+        if positional:
+            return f"its positional-only argument {positional[0]!r} cannot be given by keyword"
+        missing = sorted(required - keys)
+        if missing:
+            return "no value for " + ", ".join(map(repr, missing))
+        unknown = [] if any_name else sorted(k for k in keys if k not in named)
+        if unknown:
+            return "unexpected keyword argument " + ", ".join(map(repr, unknown))
+        return None
+    return check
+
+
+def _signature_text(function: Callable) -> str:
+    try:
+        return str(inspect.signature(function, follow_wrapped=False))
+    except (TypeError, ValueError):
+        return "()"
+
+
+def _check_task_function(fn: Any, what: str) -> None:
+    """A callable whose value can travel back: not a generator or coroutine function."""
+    if not callable(fn):
+        raise TypeError(f"{what} must be callable, got {type(fn).__name__}")
+    if inspect.isgeneratorfunction(fn) or inspect.isasyncgenfunction(fn):
+        raise TypeError(f"{what} {specs.function_label(fn)!r} is a generator function: its "
+                        "generators cannot be sent back from workers; return a list instead")
+    if inspect.iscoroutinefunction(fn):
+        raise TypeError(f"{what} {specs.function_label(fn)!r} is an async function: wrap it, "
+                        "e.g. lambda **kw: asyncio.run(fn(**kw))")
 
 
 class _Counter:
@@ -88,8 +166,7 @@ def _pickle_callable(fn: Any, what: str, env: Environment, limit_mb: float) -> b
 
 
 def _check_combiner(fn: Any) -> None:
-    if not callable(fn):
-        raise TypeError(f"combiner_function must be callable, got {type(fn).__name__}")
+    _check_task_function(fn, "combiner_function")
     try:
         params = inspect.signature(fn).parameters.values()
     except (TypeError, ValueError):
@@ -161,19 +238,22 @@ def submit(function: Callable, items: Iterable[Any], call_style: str, *, name: s
     worker_retries = _check_count(settings["worker_retries"] if worker_retries is None
                                   else worker_retries, "worker_retries", 0)
     if task_timeout is not None and (isinstance(task_timeout, bool)
-                                     or not isinstance(task_timeout, (int, float)) or task_timeout <= 0):
-        raise ValueError(f"task_timeout must be a positive number of seconds, got {task_timeout!r}")
+                                     or not isinstance(task_timeout, (int, float))
+                                     or not 0 < task_timeout <= MAX_TIMEOUT):
+        raise ValueError(f"task_timeout must be a positive number of seconds up to {MAX_TIMEOUT:g} "
+                         f"(None for no limit), got {task_timeout!r}")
     if max_concurrent_tasks is not None:
         _check_count(max_concurrent_tasks, "max_concurrent_tasks", 1)
     if chunk_size is not None:
         _check_count(chunk_size, "chunk_size", 1)
-    if name is not None and (not isinstance(name, str) or not specs.NAME_PATTERN.match(name)):
-        raise ValueError(f"bad job name {name!r}: use only letters, digits, '_' and '-'")
-    if not callable(function):
-        raise TypeError(f"function must be callable, got {type(function).__name__}")
+    if not isinstance(fail_fast, bool):
+        raise TypeError(f"fail_fast must be True or False, got {fail_fast!r}")
+    if name is not None:
+        _check_name(name)
+    _check_task_function(function, "function")
     if combiner_function is not None:
         _check_combiner(combiner_function)
-    params = _parameters(items, max_tasks, dicts=call_style == "kwargs")
+    params = _parameters(items, max_tasks, dicts=call_style == "kwargs", function=function)
     env = resolve_environment(environment, settings["default_environment"])
     limit = float(settings["max_function_mb"])
     function_blob = _pickle_callable(function, "function", env, limit)
