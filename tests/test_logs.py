@@ -52,6 +52,24 @@ def test_deploy_map_streams_output_prefixed(capsys):
     assert out.count("[chatty-0-1] out 1") == 1
 
 
+def spam(i):
+    for k in range(3000):
+        print(f"line {i} {k}")
+    return i
+
+
+def test_streaming_delivers_every_line_exactly_once(capsys):
+    """Lines written just before a task ends used to be lost when the job ended between a
+    chunk's result and its log being published; five runs of 4 x 3,000 lines."""
+    for _ in range(5):
+        assert deploy.map(spam, range(4)) == [0, 1, 2, 3]
+        lines = capsys.readouterr().out.splitlines()
+        expected = [f"[spam-0-{i}] line {i} {k}" for i in range(4) for k in range(3000)]
+        assert sorted(lines) == sorted(expected)
+    assert sorted(deploy.map(spam, range(4), ordered=False)) == [0, 1, 2, 3]
+    assert len(capsys.readouterr().out.splitlines()) == 12000
+
+
 def test_local_environment_captures_python_output(capsys):
     def hello():
         print("hello local")

@@ -335,7 +335,8 @@ class Job:
             while True:
                 status = self.get_status()
                 if follower is not None:
-                    for line in follower.poll():
+                    ended = status in FINAL or status == UNKNOWN
+                    for line in follower.drain() if ended else follower.poll():
                         stream(line)
                 if bar is not None:
                     bar.update(sum(map(len, self._chunks.values())) - bar.n)
