@@ -421,13 +421,14 @@ def reap_detached() -> None:
 
 
 def start_workers(store_uri: str, functions: dict[str, Callable] | None, count: int,
-                  detach: bool, stderr_path: str | None = None, wake_fd: int | None = None,
+                  detach: bool, stderr_fd: int | None = None, wake_fd: int | None = None,
                   gate: tuple[int | None, int | None] = (None, None),
                   spec: JobSpec | None = None) -> list[int]:
     """Fork `count` workers for the job and return their pids. Detached workers each
     start a session of their own (so each leads the process group that `killpg` stops
     with its tasks, and no terminal signal reaches them) and outlive the caller, which
-    reaps them when it next launches or waits. Workers write a byte to `wake_fd` (a
+    reaps them when it next launches or waits. Detached workers write their own errors to
+    `stderr_fd` (opened by the caller, so no worker depends on a path). Workers write a byte to `wake_fd` (a
     non-blocking pipe) whenever they publish a result. With a `gate` pipe (read end,
     write end) and the job's `spec`, workers start their task process and then wait for
     a byte on the gate before they take work; the gate closed without one stops them."""
@@ -437,7 +438,7 @@ def start_workers(store_uri: str, functions: dict[str, Callable] | None, count: 
     for _ in range(count):
         pid = os.fork()
         if pid == 0:
-            _worker_main(store_uri, functions, stderr_path, detach, wake_fd, gate, spec)
+            _worker_main(store_uri, functions, stderr_fd, detach, wake_fd, gate, spec)
         pids.append(pid)
     if detach:
         _detached.update(pids)
@@ -445,7 +446,7 @@ def start_workers(store_uri: str, functions: dict[str, Callable] | None, count: 
 
 
 def _worker_main(store_uri: str, functions: dict[str, Callable] | None,
-                 stderr_path: str | None, detach: bool, wake_fd: int | None = None,
+                 stderr_fd: int | None, detach: bool, wake_fd: int | None = None,
                  gate: tuple[int | None, int | None] = (None, None),
                  spec: JobSpec | None = None) -> None:
     """The body of a forked worker process; never returns."""
@@ -457,7 +458,7 @@ def _worker_main(store_uri: str, functions: dict[str, Callable] | None,
         if gate_w is not None:
             os.close(gate_w)
         signal.signal(signal.SIGINT, signal.SIG_IGN)
-        _redirect_stdio(stderr_path)
+        _redirect_stdio(stderr_fd)
         ex.install_sigterm()
         worker = Worker(open_store(store_uri), spec, functions, wake_fd=wake_fd)
         if gate_r is not None:
@@ -475,12 +476,12 @@ def _worker_main(store_uri: str, functions: dict[str, Callable] | None,
         os._exit(code)
 
 
-def _redirect_stdio(stderr_path: str | None) -> None:
-    """A detached worker reads nothing and writes its own errors to `stderr_path`; the
+def _redirect_stdio(stderr_fd: int | None) -> None:
+    """A detached worker reads nothing and writes its own errors to `stderr_fd`; the
     caller's sys.stdout/sys.stderr objects (a notebook's, a test's) are replaced too."""
     import io
     null = os.open(os.devnull, os.O_RDWR)
-    err = os.open(stderr_path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600) if stderr_path else null
+    err = null if stderr_fd is None else stderr_fd
     os.dup2(null, 0)
     os.dup2(null, 1)
     os.dup2(err, 2)

@@ -80,10 +80,13 @@ class LocalAsync(Environment):
 
     def start(self, launch: Launch, write: Callable[[], None] | None) -> dict[str, Any]:
         """Fork the workers first: they make their task processes while this process
-        writes the job directory, and begin when it is written (or exit if that fails)."""
-        from ..worker import start_workers
+        writes the job directory, and begin when it is written. If writing fails, they
+        exit, and this returns (raising) only once they are gone, so the caller can remove
+        the job directory with nothing left to write into it."""
+        from ..worker import reap_detached, start_workers
         err = launch.store.local_path("workers.err")
         os.makedirs(os.path.dirname(err), mode=0o700, exist_ok=True)
+        err_fd = os.open(err, os.O_WRONLY | os.O_CREAT | os.O_APPEND | os.O_CLOEXEC, 0o600)
         _close_finished_wakers()
         wake_r, wake_w = os.pipe()
         os.set_blocking(wake_r, False)
@@ -91,7 +94,7 @@ class LocalAsync(Environment):
         gate_r, gate_w = os.pipe() if write is not None else (None, None)
         try:
             pids = start_workers(launch.store.uri, launch.functions, launch.workers, detach=True,
-                                 stderr_path=err, wake_fd=wake_w, gate=(gate_r, gate_w),
+                                 stderr_fd=err_fd, wake_fd=wake_w, gate=(gate_r, gate_w),
                                  spec=launch.spec)
         except BaseException:
             for fd in (wake_r, gate_r, gate_w):
@@ -100,6 +103,7 @@ class LocalAsync(Environment):
             raise
         finally:
             os.close(wake_w)
+            os.close(err_fd)
         _wakers[tuple(pids)] = wake_r
         if write is not None:
             os.close(gate_r)
@@ -109,8 +113,13 @@ class LocalAsync(Environment):
                     os.write(gate_w, b"1" * len(pids))  # go; closing without it stops them
                 except BrokenPipeError:
                     pass                # every worker died already: the job's status says so
-            finally:
+            except BaseException:
                 os.close(gate_w)
+                if not wait_gone(pids, 10.0):
+                    stop_process_groups(pids)
+                reap_detached()
+                raise
+            os.close(gate_w)
         return {"host": HOST, "pids": pids, "stderr": err}
 
     def describe_failure(self, handle: dict[str, Any]) -> str | None:
