@@ -145,3 +145,32 @@ def test_every_task_has_exactly_one_row_under_mixed_failures():
     assert list(metrics.task_name) == [f"mixed-0-{i}" for i in range(40)]
     expected = ["Failed" if i % 7 == 3 or i == 11 else "Completed" for i in range(40)]
     assert list(metrics.status) == expected
+
+
+def kills_its_worker(i):
+    """Task 1 kills the worker running it (the task process's parent), whichever it is."""
+    if i == 1:
+        os.kill(os.getppid(), signal.SIGKILL)
+        time.sleep(30)
+    return i
+
+
+def test_a_task_that_kills_its_worker_ends_with_one_failed_row_at_once(monkeypatch):
+    """Every worker that takes task 1 over dies too; the job ends Failed as soon as the last
+    one is gone (not after a lease), every task with exactly one final row."""
+    monkeypatch.setenv("DEPLOY_LEASE_SECONDS", "60")
+    for workers, chunk_size in ((1, 4), (2, 1)):
+        start = time.monotonic()
+        job = deploy.map_job.create(kills_its_worker, [{"i": i} for i in range(4)],
+                                    chunk_size=chunk_size, worker_retries=1,
+                                    environment=LocalAsync("w", num_workers=workers))
+        assert job.wait(timeout=50) == "Failed"
+        assert time.monotonic() - start < 20
+        metrics = job.get_metrics()
+        assert list(metrics.task_name) == [f"kills_its_worker-0-{i}" for i in range(4)]
+        assert metrics.iloc[1].status == "Failed" and metrics.iloc[1].exception == "WorkerLost"
+        assert set(metrics.status) <= {"Completed", "Failed"}
+        assert job.get_map_results()[0] in (0, None)
+        again = deploy.jobs[job.name]
+        assert again.get_status() == "Failed"
+        assert list(again.get_metrics().status) == list(metrics.status)

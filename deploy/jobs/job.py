@@ -14,7 +14,9 @@ from typing import TYPE_CHECKING, Any, Callable
 from ..errors import JobError
 from ..store import Storage, layout
 from . import metrics
-from .results import C_CANCELED, C_OK, ChunkResult, canceled
+from .results import C_CANCELED, C_FAILED, C_OK, ChunkResult, unfinished
+from .runner import HOST
+from ..processes import process_alive
 from .spec import JobSpec, task_index
 
 if TYPE_CHECKING:
@@ -189,13 +191,16 @@ class Job:
         return status
 
     def _workers_alive(self) -> bool | None:
-        """True if a worker heart-beat within its lease (or the environment says so)."""
+        """True if a worker heart-beat within its lease (or the environment says so); a
+        worker on this machine whose process is gone counts as dead at once."""
         lease = self.spec.lease_seconds
         now = time.time()
         for name in self._store.list(layout.HEARTBEATS):
             try:
                 beat = json.loads(self._store.get(layout.heartbeat(name)))
             except (FileNotFoundError, ValueError):
+                continue
+            if beat.get("host") == HOST and not process_alive(int(beat.get("pid", 0))):
                 continue
             if now - float(beat.get("time", 0)) < lease:
                 return True
@@ -209,11 +214,41 @@ class Job:
         return alive
 
     def _stalled(self) -> str:
+        """No worker is left and the job is not finished: every task (and the combiner)
+        without a final row gets a Failed WorkerLost one, so the job ends Failed with
+        exactly one final row per task; resume() runs those again."""
         env, launch = self.environment, self._launch()
         why = env.describe_failure(launch.get("handle") or {}) if env is not None else None
         self._error = (f"no worker is running job {self.name!r} and it is not finished"
                        + (f": {why}" if why else "") + "; job.resume() starts workers again")
-        return FAILED
+        lost = "no worker is left to run this task" + (f": {why}" if why else "")
+        self._publish_unfinished(C_FAILED, "WorkerLost", lost)
+        if self.spec.has_combiner and len(self._chunks) == self.spec.chunk_count and \
+                self._combined_result() is None:
+            row = unfinished([0], [self._attempts(self.spec.chunk_count)], C_FAILED,
+                             "WorkerLost", lost, HOST, "client")
+            self._store.create_exclusive(layout.COMBINED, pickle.dumps(row.to_dict()))
+        return self._final(FAILED)
+
+    def _attempts(self, chunk: int) -> int:
+        """How many times workers took a chunk (the combiner is chunk `chunk_count`)."""
+        return sum(1 for n in self._store.list(layout.CLAIMS)
+                   if (layout.parse_claim(n) or (None,))[0] == chunk)
+
+    def _publish_unfinished(self, status: int, exception: str, why: str) -> None:
+        """Final rows for every chunk no worker finished (first publisher wins)."""
+        spec = self.spec
+        self._refresh()
+        for chunk in range(spec.chunk_count):
+            if chunk not in self._chunks:
+                tasks = spec.chunk_tasks(chunk)
+                tried = self._attempts(chunk)
+                text = (f"the worker running it was lost; {why}" if tried and status == C_FAILED
+                        else why)
+                rows = unfinished(tasks, [tried] * len(tasks), status, exception, text, HOST,
+                                  "client")
+                self._store.create_exclusive(layout.result(chunk), pickle.dumps(rows.to_dict()))
+        self._refresh()
 
     # -- results ----------------------------------------------------------------------
 
@@ -376,17 +411,8 @@ class Job:
         self._finalize_canceled()
 
     def _finalize_canceled(self) -> None:
-        """Canceled rows for every chunk no worker finished (first publisher wins)."""
-        import socket
-        spec = self.spec
-        self._refresh()
-        for chunk in range(spec.chunk_count):
-            if chunk not in self._chunks:
-                tasks = spec.chunk_tasks(chunk)
-                rows = canceled(tasks, [0] * len(tasks), "the job was canceled",
-                                socket.gethostname(), "client")
-                self._store.create_exclusive(layout.result(chunk), pickle.dumps(rows.to_dict()))
-        self._refresh()
+        """Canceled rows for every chunk no worker finished."""
+        self._publish_unfinished(C_CANCELED, "Canceled", "the job was canceled")
 
     def resume(self) -> "Job":
         """Start workers again for what did not complete (canceled, lost, never run).

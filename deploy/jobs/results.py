@@ -178,7 +178,13 @@ class PackedResult:
 
 def canceled(indices: Any, attempts: Any, why: str, host: str, worker: str) -> ChunkResult:
     """Canceled rows for tasks that did not run."""
+    return unfinished(indices, attempts, C_CANCELED, "Canceled", why, host, worker)
+
+
+def unfinished(indices: Any, attempts: Any, status: int, exception: str, why: str, host: str,
+               worker: str) -> ChunkResult:
+    """Final rows, all alike, for tasks that will not run (again): canceled, or lost."""
     out = ChunkResult(host, worker)
     for index, attempt in zip(indices, attempts):
-        out.add(index, C_CANCELED, 0.0, 0.0, attempt, 0.0, None, ("Canceled", why, None))
+        out.add(index, status, 0.0, 0.0, attempt, 0.0, None, (exception, why, None))
     return out
