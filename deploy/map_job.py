@@ -275,7 +275,7 @@ def submit(function: Callable, items: Iterable[Any], call_style: str, *, name: s
         combiner_name=specs.function_label(combiner_function) if combiner_function else None,
         environment=env.to_dict(), lease_seconds=float(settings["lease_seconds"]),
         heartbeat_seconds=float(settings["heartbeat_seconds"]), single=single,
-        call_style=call_style, function_stored=stored)
+        call_style=call_style, function_stored=stored, max_concurrent_tasks=max_concurrent_tasks)
     try:
         functions = {"map": function}
         if combiner_function is not None:

@@ -77,3 +77,37 @@ def test_resume_refuses_a_running_job():
     with pytest.raises(JobError, match="still running"):
         job.resume()
     job.cancel()
+
+
+def timed(marker, i):
+    """Records when it ran; the first run of task 3 hangs until the job is canceled."""
+    began = time.time()
+    if i == 3 and not os.path.exists(f"{marker}-resumed"):
+        time.sleep(120)
+    time.sleep(0.2)
+    with open(f"{marker}-ran-{i}-{os.getpid()}", "w") as f:
+        f.write(f"{began} {time.time()}")
+    if i == 4 and not os.path.exists(f"{marker}-retried"):
+        open(f"{marker}-retried", "w").close()
+        raise RuntimeError("first try")
+    return i
+
+
+def test_resume_keeps_every_option_of_the_job(tmp_path):
+    """max_concurrent_tasks, max_retries and the chunking hold for the workers resume() starts."""
+    marker = str(tmp_path / "r")
+    job = deploy.map_job.create(timed, [{"marker": marker, "i": i} for i in range(8)],
+                                chunk_size=1, max_concurrent_tasks=1, max_retries=1,
+                                environment=LocalAsync("three", num_workers=3))
+    wait_for(lambda: glob.glob(f"{marker}-ran-2-*"), what="three tasks to run")
+    job.cancel()
+    for path in glob.glob(f"{marker}-ran-*"):
+        os.remove(path)
+    open(f"{marker}-resumed", "w").close()
+    job.resume()
+    assert job.wait(timeout=60) == "Completed"
+    assert job.get_results() == list(range(8))
+    spans = sorted(tuple(map(float, open(p).read().split())) for p in glob.glob(f"{marker}-ran-*"))
+    assert len(spans) >= 5
+    assert all(a[1] <= b[0] for a, b in zip(spans, spans[1:])), "tasks overlapped after resume"
+    assert job.get_metrics().attempt[4] == 2

@@ -451,7 +451,9 @@ class Job:
         from .registry import jobs
         jobs.set_final_status(self.name, None)
         self._final_recorded = False
-        handle = env.launch(Launch(self._store, spec, None, min(env.num_workers(), max(1, len(redo)))))
+        workers = min(env.num_workers(), spec.max_concurrent_tasks or env.num_workers(),
+                      max(1, len(redo)))
+        handle = env.launch(Launch(self._store, spec, None, workers))
         self._store.put(layout.LAUNCH, json.dumps({"environment": env.to_dict(), "handle": handle,
                                                    "time": time.time()}).encode())
         return self

@@ -31,6 +31,7 @@ class JobSpec:
     call_style: str = "kwargs"            # fn(**item); "arg": fn(item); "args": fn(*item)
     chunk_bounds: list[int] | None = None # first task of each chunk, then task_count
     function_stored: bool = True          # False: too large to keep, workers got it by fork
+    max_concurrent_tasks: int | None = None  # cap on workers, for the launch and resume()
     environment: dict[str, Any] = dataclasses.field(default_factory=dict)
     lease_seconds: float = 30.0
     heartbeat_seconds: float = 2.0
