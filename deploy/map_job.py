@@ -42,7 +42,7 @@ def _check_count(value: Any, what: str, minimum: int) -> int:
 def _parameters(parameter_set: Any, max_tasks: int, dicts: bool = True,
                 function: Callable | None = None) -> list:
     """The tasks' inputs as a list, checked: dicts of keyword arguments that fit `function`'s
-    signature (when `dicts`), at least one, at most `max_tasks`."""
+    signature (when `dicts`: at least one), at most `max_tasks`."""
     if not dicts and not isinstance(parameter_set, Iterable):
         raise TypeError(f"deploy.map() needs an iterable, got {type(parameter_set).__name__}")
     if isinstance(parameter_set, (str, bytes, Mapping)) or not isinstance(parameter_set, Iterable):
@@ -59,9 +59,8 @@ def _parameters(parameter_set: Any, max_tasks: int, dicts: bool = True,
     if too_many:
         raise ValueError(f"parameter_set has more than max_tasks={max_tasks} tasks; "
                          "pass a larger max_tasks= if you mean it")
-    if not params:
-        raise ValueError("parameter_set is empty: give at least one dict of keyword arguments"
-                         if dicts else "deploy.map() got an empty iterable: nothing to run")
+    if dicts and not params:
+        raise ValueError("parameter_set is empty: give at least one dict of keyword arguments")
     fits = _keyword_check(function) if dicts else None
     last = None
     for i, item in enumerate(params if dicts else ()):
@@ -229,9 +228,11 @@ def submit(function: Callable, items: Iterable[Any], call_style: str, *, name: s
            combiner_function: Callable | None = None, max_retries: int = 0,
            task_timeout: float | None = None, max_concurrent_tasks: int | None = None,
            chunk_size: int | None = None, max_tasks: int | None = None,
-           fail_fast: bool = False, worker_retries: int | None = None, single: bool = False) -> Job:
+           fail_fast: bool = False, worker_retries: int | None = None,
+           single: bool = False) -> Job | None:
     """Validate, write and launch a job whose tasks call `function` on `items` in
-    `call_style` ("kwargs": fn(**item), "arg": fn(item), "args": fn(*item))."""
+    `call_style` ("kwargs": fn(**item), "arg": fn(item), "args": fn(*item)). No items
+    (possible for "arg"/"args" only): every argument is still checked, and no job is made."""
     settings = config.load()
     max_tasks = _check_count(settings["max_tasks"] if max_tasks is None else max_tasks, "max_tasks", 1)
     max_retries = _check_count(max_retries, "max_retries", 0)
@@ -255,6 +256,8 @@ def submit(function: Callable, items: Iterable[Any], call_style: str, *, name: s
         _check_combiner(combiner_function)
     params = _parameters(items, max_tasks, dicts=call_style == "kwargs", function=function)
     env = resolve_environment(environment, settings["default_environment"])
+    if not len(params):
+        return None
     limit = float(settings["max_function_mb"])
     function_blob = _pickle_callable(function, "function", env, limit)
     combiner_blob = (_pickle_callable(combiner_function, "combiner_function", env, limit)

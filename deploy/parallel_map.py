@@ -16,7 +16,9 @@ def map(function: Callable, *iterables: Iterable, ordered: bool = True, stream: 
     ordered=True returns the list of results; ordered=False returns a generator yielding
     results as their tasks complete. Task output is printed as it arrives, prefixed by the
     task name (stream=False turns that off). A failed task raises JobError; leaving the
-    generator early cancels the rest. Other options go to map_job.create.
+    generator early cancels the rest, and so does Ctrl-C while waiting for the list.
+    No items: [] (or an empty generator) and no job, as builtin map.
+    Other options go to map_job.create.
     """
     from . import map_job
     if not iterables:
@@ -27,9 +29,15 @@ def map(function: Callable, *iterables: Iterable, ordered: bool = True, stream: 
     else:
         job = map_job.submit(function, zip(*iterables), "args", name=name,
                              environment=environment, **options)
+    if job is None:
+        return [] if ordered else iter(())
     printer = _print_line if stream else None
     if ordered:
-        status = job.wait(stream=printer)
+        try:
+            status = job.wait(stream=printer)
+        except BaseException:
+            job.cancel()                # Ctrl-C: stop the job rather than leave it unowned
+            raise
         if status != "Completed":
             raise JobError(job.get_error() or f"job {job.name!r} {status}")
         return job.get_map_results()

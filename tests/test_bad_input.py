@@ -145,7 +145,8 @@ KINDS = {
     "unknown option keyword": (create(add, P, retries=3), TypeError, "unexpected keyword argument 'retries'", {}),
     # deploy.map and deploy.job
     "map over a non-iterable": (call(deploy.map, abs, 5), TypeError, r"deploy.map\(\) needs an iterable", {}),
-    "map over nothing": (call(deploy.map, abs, []), ValueError, "empty iterable", {}),
+    "map over nothing, with a bad option": (call(deploy.map, abs, [], chunk_size=0), ValueError, "chunk_size", {}),
+    "map over nothing, in a missing environment": (call(deploy.map, abs, [], environment="nowhere"), EnvironmentNotFound, "nowhere", {}),
     "map with no iterable": (call(deploy.map, abs), TypeError, "at least one iterable", {}),
     "map of a generator function": (call(deploy.map, gen, [1]), TypeError, "generator function", {}),
     "job.create missing an argument": (call(deploy.job.create, add, x=1), TypeError, "no value for 'y'", {}),

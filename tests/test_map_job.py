@@ -74,6 +74,10 @@ def test_deploy_map_builtin_semantics():
     assert sorted(out) == [n * 2 for n in range(50)]
     with pytest.raises(JobError, match="ZeroDivisionError"):
         deploy.map(lambda n: 1 / n, [1, 0, 2])
+    jobs = len(deploy.jobs)
+    assert deploy.map(abs, []) == [] and deploy.map(add, [], iter([])) == []
+    assert list(deploy.map(abs, (), ordered=False)) == []
+    assert len(deploy.jobs) == jobs              # nothing to run: no job, as builtin map
 
 
 def test_unordered_map_early_exit_cancels_the_rest(tmp_path):
@@ -89,6 +93,37 @@ def test_unordered_map_early_exit_cancels_the_rest(tmp_path):
     gen.close()
     job = deploy.jobs[0]
     assert job.get_status() == "Canceled"
+
+
+def test_ctrl_c_while_waiting_for_the_list_cancels_the_job(tmp_path):
+    """deploy.map(ordered=True) interrupted by a real SIGINT re-raises KeyboardInterrupt and
+    leaves no job running without a handle: it is Canceled and its workers are gone."""
+    import signal
+    import subprocess
+    import sys
+    import textwrap
+    from deploy.processes import process_alive
+    from waiting import wait_for
+    code = textwrap.dedent(f"""
+        import os, time
+        import deploy
+        def slow(i):
+            open(os.path.join({str(tmp_path)!r}, f"started-{{i}}"), "w").close()
+            time.sleep(60)
+        try:
+            deploy.map(slow, range(4), chunk_size=1)
+        except KeyboardInterrupt:
+            print("interrupted", flush=True)
+    """)
+    proc = subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE, text=True)
+    wait_for(lambda: any(n.startswith("started-") for n in os.listdir(tmp_path)),
+             what="a task to start")
+    proc.send_signal(signal.SIGINT)
+    out, _ = proc.communicate(timeout=30)
+    assert out.splitlines()[-1:] == ["interrupted"]
+    job = deploy.jobs[0]
+    assert job.get_status() == "Canceled"
+    assert not any(process_alive(p) for p in job._launch()["handle"]["pids"])
 
 
 def test_single_task_job():
