@@ -45,6 +45,33 @@ def test_graphlab_example_results_metrics_and_print():
     assert job.name in text and "Failed" in text and "TypeError" in text and "add-0-1" in text
 
 
+def mostly_quick(i):
+    if i in (3, 250):
+        raise ValueError(f"bad {i}")
+    if i in (40, 41):
+        import time
+        time.sleep(0.2 + (i - 40) * 0.1)
+    return i
+
+
+def test_print_of_a_large_job_shows_the_failed_and_the_slowest():
+    """Up to 100 tasks print(job) has every row; beyond, the summary with the failed tasks
+    and the slowest (a 1,000,000-task job printed 92 MB in 73 s before)."""
+    job = deploy.map_job.create(mostly_quick, [{"i": i} for i in range(300)])
+    assert job.wait(timeout=60) == "Failed"
+    text = str(job)
+    lines = text.splitlines()
+    assert "300 tasks)" in lines[0] and lines[1].strip() == "Completed: 298, Failed: 2"
+    names = [line.split()[0] for line in lines[5:-1]]
+    assert names[:4] == ["mostly_quick-0-3", "mostly_quick-0-250", "mostly_quick-0-41",
+                         "mostly_quick-0-40"]
+    assert len(names) == 12 and "ValueError" in lines[5] and "bad 250" in lines[6]
+    assert lines[-1].startswith("(12 of 300 tasks shown")
+    small = deploy.map_job.create(mostly_quick, [{"i": i} for i in range(100)])
+    small.wait(timeout=60)
+    assert len(str(small).splitlines()) == 2 + 1 + 2 + 100
+
+
 def test_combiner_result_and_failure_summary():
     job = deploy.map_job.create(add, GOOD, combiner_function=add_combiner)
     assert job.get_results() == 70

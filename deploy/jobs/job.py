@@ -5,6 +5,7 @@ Everything here is derived from the job directory, so a Job reopened in another 
 """
 from __future__ import annotations
 
+import heapq
 import json
 import pickle
 import sys
@@ -14,7 +15,7 @@ from typing import TYPE_CHECKING, Any, Callable
 from ..errors import JobError
 from ..store import Storage, layout
 from . import metrics
-from .results import C_CANCELED, C_FAILED, C_OK, ChunkResult, unfinished
+from .results import C_CANCELED, C_FAILED, C_OK, STATUS, ChunkResult, unfinished
 from .runner import HOST
 from ..processes import process_alive
 from .spec import JobSpec, task_index
@@ -26,6 +27,7 @@ if TYPE_CHECKING:
 PENDING, RUNNING, COMPLETED, FAILED, CANCELED, UNKNOWN = (
     "Pending", "Running", "Completed", "Failed", "Canceled", "Unknown")
 FINAL = (COMPLETED, FAILED, CANCELED)
+TABLE_ROWS = 100            # print(job) shows every task's row up to this many tasks
 
 
 class Job:
@@ -102,8 +104,7 @@ class Job:
         spec = self.spec
         if refresh:
             self._refresh()
-        claimed = ({layout.parse_claim(n)[0] for n in self._store.list(layout.CLAIMS)
-                    if layout.parse_claim(n)} if len(self._chunks) < spec.chunk_count else set())
+        claimed = self._claimed() if len(self._chunks) < spec.chunk_count else set()
         rows = []
         for chunk in range(spec.chunk_count):
             got = self._chunks.get(chunk)
@@ -114,6 +115,10 @@ class Job:
             rows.extend({"task_name": spec.task_name(i), "task_index": i, "status": status}
                         for i in spec.chunk_tasks(chunk))
         return rows
+
+    def _claimed(self) -> set[int]:
+        """Chunks some worker has taken."""
+        return {c[0] for c in map(layout.parse_claim, self._store.list(layout.CLAIMS)) if c}
 
     def _combined_result(self) -> ChunkResult | None:
         if self._combined is None and self.spec.has_combiner:
@@ -225,24 +230,28 @@ class Job:
         self._publish_unfinished(C_FAILED, "WorkerLost", lost)
         if self.spec.has_combiner and len(self._chunks) == self.spec.chunk_count and \
                 self._combined_result() is None:
-            row = unfinished([0], [self._attempts(self.spec.chunk_count)], C_FAILED,
+            row = unfinished([0], [self._attempts().get(self.spec.chunk_count, 0)], C_FAILED,
                              "WorkerLost", lost, HOST, "client")
             self._store.create_exclusive(layout.COMBINED, pickle.dumps(row.to_dict()))
         return self._final(FAILED)
 
-    def _attempts(self, chunk: int) -> int:
-        """How many times workers took a chunk (the combiner is chunk `chunk_count`)."""
-        return sum(1 for n in self._store.list(layout.CLAIMS)
-                   if (layout.parse_claim(n) or (None,))[0] == chunk)
+    def _attempts(self) -> dict[int, int]:
+        """How many times workers took each chunk (the combiner is chunk `chunk_count`)."""
+        counts: dict[int, int] = {}
+        for claim in map(layout.parse_claim, self._store.list(layout.CLAIMS)):
+            if claim:
+                counts[claim[0]] = counts.get(claim[0], 0) + 1
+        return counts
 
     def _publish_unfinished(self, status: int, exception: str, why: str) -> None:
         """Final rows for every chunk no worker finished (first publisher wins)."""
         spec = self.spec
         self._refresh()
+        attempts = self._attempts()
         for chunk in range(spec.chunk_count):
             if chunk not in self._chunks:
                 tasks = spec.chunk_tasks(chunk)
-                tried = self._attempts(chunk)
+                tried = attempts.get(chunk, 0)
                 text = (f"the worker running it was lost; {why}" if tried and status == C_FAILED
                         else why)
                 rows = unfinished(tasks, [tried] * len(tasks), status, exception, text, HOST,
@@ -461,25 +470,62 @@ class Job:
     # -- display ----------------------------------------------------------------------
 
     def summary(self) -> str:
+        """Two lines: the job, where it runs and its status; how many tasks in each state."""
         status = self.get_status()
         if status == UNKNOWN:
             return f"Job {self.name!r}: Unknown ({self._error})"
-        rows = self._rows(refresh=False)
-        counts: dict[str, int] = {}
-        for r in rows:
-            counts[r["status"]] = counts.get(r["status"], 0) + 1
+        counts = self._counts()
         env = self.spec.environment
-        parts = [f"Job {self.name!r} ({self.spec.function_name}, {len(rows)} tasks) "
+        parts = [f"Job {self.name!r} ({self.spec.function_name}, {self.spec.task_count} tasks) "
                  f"on {env.get('name')} [{env.get('kind')}]: {status}",
-                 "  " + ", ".join(f"{k}: {v}" for k, v in sorted(counts.items()))]
+                 "  " + ", ".join(f"{k}: {v}" for k, v in sorted(counts.items()) if v)]
         return "\n".join(parts)
 
+    def _counts(self) -> dict[str, int]:
+        """Tasks per status, from the status columns (no row is built)."""
+        spec = self.spec
+        claimed = self._claimed() if len(self._chunks) < spec.chunk_count else set()
+        counts: dict[str, int] = {}
+        for chunk in range(spec.chunk_count):
+            got = self._chunks.get(chunk)
+            if got is None:
+                state = RUNNING if chunk in claimed else PENDING
+                counts[state] = counts.get(state, 0) + len(spec.chunk_tasks(chunk))
+                continue
+            for code, state in STATUS.items():
+                counts[state] = counts.get(state, 0) + got.status.count(code)
+        return counts
+
+    def _notable_rows(self, each: int) -> list[dict]:
+        """The first `each` tasks that did not complete, then the `each` slowest."""
+        spec, picked = self.spec, {}
+        for chunk, got in sorted(self._chunks.items()):
+            for pos in range(len(got)):
+                if len(picked) >= each:
+                    break
+                if got.status[pos] != C_OK:
+                    picked[got.index[pos]] = got.row(pos, spec.task_name)
+        slow = heapq.nlargest(each, ((t, chunk, pos) for chunk, got in self._chunks.items()
+                                     for pos, t in enumerate(got.run_times()) if t))
+        for _, chunk, pos in slow:
+            got = self._chunks[chunk]
+            picked.setdefault(got.index[pos], got.row(pos, spec.task_name))
+        return list(picked.values())
+
     def __str__(self) -> str:
+        """The summary and a table: every task's row up to TABLE_ROWS tasks, else the
+        failed and the slowest (job.get_metrics() has every row)."""
         text = self.summary()
         if self.get_status() == UNKNOWN:
             return text
         combined = self._combined_row()
-        return text + "\n\n" + metrics.to_table(self._rows(refresh=False) + ([combined] if combined else []))
+        extra = [combined] if combined else []
+        if self.spec.task_count <= TABLE_ROWS:
+            return text + "\n\n" + metrics.to_table(self._rows(refresh=False) + extra)
+        rows = self._notable_rows(10)
+        return (text + "\n\n" + metrics.to_table(rows + extra) +
+                f"\n({len(rows)} of {self.spec.task_count} tasks shown: the first failed and the "
+                "slowest; job.get_metrics() has every row)")
 
     def __repr__(self) -> str:
         return f"<Job {self.name!r} {self.get_status()}>"

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import array
 import operator
-from typing import Any, Callable
+from typing import Any, Callable, Iterator
 
 COMPLETED, FAILED, CANCELED = "Completed", "Failed", "Canceled"
 C_OK, C_FAILED, C_CANCELED = ord("C"), ord("F"), ord("X")
@@ -141,20 +141,25 @@ class ChunkResult:
 
     def rows(self, task_name: Callable[[int], str]) -> list[dict]:
         """Metrics rows (dicts), for tables and DataFrames."""
-        rows = []
-        for pos, index in enumerate(self.index):
-            start, end = self.start[pos], self.end[pos]
-            exc_type, message, tb = self.errors.get(pos, (None, None, None))
-            rows.append({
-                "task_name": task_name(index), "task_index": index,
-                "status": STATUS[self.status[pos]],
-                "start_time": start or None, "end_time": end or None,
-                "run_time": (end - start) if start and end else None,
-                "exception": exc_type, "exception_message": message,
-                "exception_traceback": tb, "host": self.host, "worker": self.worker,
-                "attempt": self.attempt[pos], "peak_memory_mb": round(self.memory[pos], 1) or None,
-            })
-        return rows
+        return [self.row(pos, task_name) for pos in range(len(self.index))]
+
+    def row(self, pos: int, task_name: Callable[[int], str]) -> dict:
+        """The metrics row of the task at position `pos`."""
+        index, start, end = self.index[pos], self.start[pos], self.end[pos]
+        exc_type, message, tb = self.errors.get(pos, (None, None, None))
+        return {
+            "task_name": task_name(index), "task_index": index,
+            "status": STATUS[self.status[pos]],
+            "start_time": start or None, "end_time": end or None,
+            "run_time": (end - start) if start and end else None,
+            "exception": exc_type, "exception_message": message,
+            "exception_traceback": tb, "host": self.host, "worker": self.worker,
+            "attempt": self.attempt[pos], "peak_memory_mb": round(self.memory[pos], 1) or None,
+        }
+
+    def run_times(self) -> Iterator[float]:
+        """Each task's run time in seconds (0 where it did not run)."""
+        return (e - s if s and e else 0.0 for s, e in zip(self.start, self.end))
 
 
 class PackedResult:
