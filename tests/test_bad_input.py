@@ -113,6 +113,8 @@ KINDS = {
     "num_workers a bool": (call(LocalAsync, "x", num_workers=True), ValueError, "num_workers", {}),
     "environment name with a space": (call(LocalAsync, "no spaces please"), ValueError,
                                       "bad environment name", {}),
+    "environment name with a trailing newline": (call(LocalAsync, "lab\n"), ValueError,
+                                                 "bad environment name", {}),
     # functions
     "function not callable": (create("add", P), TypeError, "function must be callable", {}),
     "function a generator function": (create(gen, P), TypeError, "generator function", {}),
@@ -159,6 +161,8 @@ KINDS = {
     "jobs.delete with both arguments": (call(deploy.jobs.delete, name="a", pattern="a*"), ValueError,
                                         "exactly one", {}),
     "jobs.delete unknown name": (call(deploy.jobs.delete, name="nope"), JobNotFound, "no job named", {}),
+    "jobs.delete by an index": (call(deploy.jobs.delete, name=0), TypeError, "takes a job name", {}),
+    "jobs.delete with a pattern list": (call(deploy.jobs.delete, pattern=["a*"]), TypeError, "takes a job pattern", {}),
     "environments[unknown]": (call(lambda: deploy.environments["nope"]), EnvironmentNotFound,
                               "no environment named 'nope'", {}),
     "environments[not a string]": (call(lambda: deploy.environments[5]), TypeError,

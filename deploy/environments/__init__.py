@@ -17,7 +17,6 @@ KINDS = {
     "local": "deploy.environments.local:Local",
     "local-async": "deploy.environments.local:LocalAsync",
     "ssh": "deploy.environments.ssh:SshCluster",
-    "ec2": "deploy.environments.ec2:Ec2Cluster",
     "hadoop": "deploy.environments.hadoop:HadoopCluster",
 }
 # what users may type for a kind

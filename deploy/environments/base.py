@@ -31,7 +31,7 @@ class Environment(abc.ABC):
     shares_memory = False   # workers are forks of the caller: they hold the function already
 
     def __init__(self, name: str) -> None:
-        if not isinstance(name, str) or not NAME_PATTERN.match(name):
+        if not isinstance(name, str) or not NAME_PATTERN.fullmatch(name):
             raise ValueError(f"bad environment name {name!r}: use letters, digits, '_', '-', '.'")
         self.name = name
 

@@ -92,6 +92,11 @@ class JobRegistry:
         pattern; running ones are canceled first. Returns the names deleted."""
         if (name is None) == (pattern is None):
             raise ValueError("give exactly one of name= or pattern=")
+        for what, value in (("name", name), ("pattern", pattern)):
+            if value is not None and not isinstance(value, str):
+                raise TypeError(f"jobs.delete({what}=) takes a job {what} (str), got "
+                                f"{type(value).__name__} {value!r}; for the job at an index: "
+                                "deploy.jobs.delete(name=deploy.jobs[i].name)")
         if name is not None:
             targets = [self[name]]
         else:
