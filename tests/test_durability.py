@@ -2,9 +2,12 @@
 from __future__ import annotations
 
 import os
+import subprocess
+import sys
+import textwrap
 
 import deploy
-from conftest import run_python
+from conftest import ROOT, run_python
 from deploy.processes import wait_gone
 
 
@@ -30,6 +33,35 @@ def test_job_completes_after_its_creator_is_killed_and_reopens_by_name():
         print(job.get_status(), job.get_map_results(), len(job.get_metrics()))
     """)
     assert reopened.stdout.strip() == "Completed [0, 10, 20, 30, 40, 50] 6"
+
+
+def test_a_client_killed_mid_submit_leaves_no_job_that_runs(deploy_home):
+    """SIGKILL while the job directory is being written: the name shows Unknown (never
+    written whole), its forked workers exit without running a task, and it can be deleted."""
+    import glob
+    import psutil
+    from waiting import wait_for
+    marker = "mid-submit-" + os.urandom(4).hex()
+    proc = subprocess.Popen([sys.executable, "-c", textwrap.dedent(f"""
+        # {marker}
+        import deploy
+        deploy.map_job.create(lambda i: open('/dev/null', 'w').write(str(i)),
+                              [{{"i": i}} for i in range(300000)], chunk_size=1, name="half")
+    """)], env=os.environ, cwd=ROOT)
+
+    def workers():
+        return [p for p in psutil.process_iter(["cmdline"]) if marker in " ".join(p.info["cmdline"] or [])]
+    wait_for(lambda: len(glob.glob(str(deploy_home / "jobs" / "*" / "inputs" / "*"))) > 200,
+             timeout=60, what="the job directory to be half written")
+    assert len(workers()) > 1                   # the client and the workers it forked
+    proc.kill()
+    proc.wait()
+    wait_for(lambda: not workers(), what="the forked workers to exit")
+    assert not glob.glob(str(deploy_home / "jobs" / "*" / "claims" / "*"))
+    job = deploy.jobs["half"]
+    assert job.get_status() == "Unknown" and "never written whole" in job.get_error()
+    assert deploy.jobs.delete(name="half") == ["half"]
+    assert not os.listdir(deploy_home / "jobs")
 
 
 def test_corrupt_or_missing_job_directory_is_unknown_not_a_crash():
