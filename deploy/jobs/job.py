@@ -500,11 +500,9 @@ class Job:
         """The first `each` tasks that did not complete, then the `each` slowest."""
         spec, picked = self.spec, {}
         for chunk, got in sorted(self._chunks.items()):
-            for pos in range(len(got)):
-                if len(picked) >= each:
-                    break
-                if got.status[pos] != C_OK:
-                    picked[got.index[pos]] = got.row(pos, spec.task_name)
+            pos = -1
+            while len(picked) < each and (pos := _first_not_ok(got.status, pos + 1)) >= 0:
+                picked[got.index[pos]] = got.row(pos, spec.task_name)
         slow = heapq.nlargest(each, ((t, chunk, pos) for chunk, got in self._chunks.items()
                                      for pos, t in enumerate(got.run_times()) if t))
         for _, chunk, pos in slow:
@@ -529,3 +527,9 @@ class Job:
 
     def __repr__(self) -> str:
         return f"<Job {self.name!r} {self.get_status()}>"
+
+
+def _first_not_ok(status: bytearray, start: int) -> int:
+    """Position of the first task at or after `start` that did not complete, or -1."""
+    found = [p for p in (status.find(C_FAILED, start), status.find(C_CANCELED, start)) if p >= 0]
+    return min(found, default=-1)
