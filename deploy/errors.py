@@ -1,6 +1,8 @@
 """Exceptions users catch."""
 from __future__ import annotations
 
+from .store.base import StorageError
+
 
 class DeployError(Exception):
     """Base of deploy's own errors."""
@@ -26,3 +28,21 @@ class EnvironmentNotFound(DeployError, KeyError):
 
     def __str__(self) -> str:
         return str(self.args[0]) if self.args else "environment not found"
+
+
+class StoreUnavailable(DeployError, StorageError):
+    """A remote job store stayed unreachable for the whole retry budget (store_retry_seconds).
+
+    The message names the store, the verb, the path, how long it was tried and the last
+    error; the same facts are attributes, for code that reacts to an outage.
+    """
+
+    def __init__(self, message: str, *, uri: str = "", verb: str = "", path: str = "",
+                 seconds: float = 0.0, attempts: int = 0,
+                 cause: BaseException | None = None) -> None:
+        super().__init__(message)
+        self.uri, self.verb, self.path = uri, verb, path
+        self.seconds, self.attempts, self.cause = seconds, attempts, cause
+
+    def __str__(self) -> str:
+        return str(self.args[0]) if self.args else "the job store is unavailable"

@@ -263,7 +263,10 @@ def test_an_application_that_fails_before_any_task_shows_yarn_diagnostics(hadoop
     error = job.get_error()
     assert f"YARN application {app_of(job)} FINISHED (FAILED)" in error
     assert "no Python interpreter /no/such/python3" in error
-    assert set(job.get_metrics().status) == {"Pending"}         # no task ran
+    metrics = job.get_metrics()                                # no task ran: each has one
+    assert set(metrics.status) == {"Failed"} and set(metrics.attempt) == {0}   # final row
+    assert set(metrics.exception) == {"WorkerLost"}
+    assert "no Python interpreter /no/such/python3" in metrics.exception_message[0]
 
 
 # ---------------------------------------------------------------------------- packages, python_env, CLI
@@ -400,7 +403,7 @@ def test_hdfs_store_uris_errors_and_conf_dir(hadoop_cluster, hdfs_store, monkeyp
     with pytest.raises(PermissionError, match="mallory"):
         other.put("y", b"2")
     with pytest.raises(StorageError, match="NameNode"):
-        open_store(f"webhdfs://127.0.0.1:{_closed_port()}/x").get("y")
+        open_store(f"webhdfs://127.0.0.1:{_closed_port()}/x", retry_seconds=1).get("y")
 
 
 def test_hadoop_conf_reads_ha_pairs(tmp_path):

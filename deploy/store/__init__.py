@@ -1,4 +1,10 @@
-"""Where job directories live: `open_store(uri)` picks the backend by the URI's scheme."""
+"""Where job directories live: `open_store(uri)` picks the backend by the URI's scheme.
+
+Remote backends come wrapped in `RetryingStorage` (deploy.store.retrying): their verbs ride
+out an outage of up to `store_retry_seconds`, then raise `deploy.errors.StoreUnavailable`.
+Local disk needs no wrapper; neither does a relay, whose hub is on the worker's own host
+and whose stream to the client is not reopened (when the client goes, the agent stops the
+relayed workers: waiting would only delay that)."""
 from __future__ import annotations
 
 import importlib
@@ -15,15 +21,23 @@ _BACKENDS = {
     "webhdfs": "deploy.store.hdfs:HdfsStorage",
     "swebhdfs": "deploy.store.hdfs:HdfsStorage",
 }
+_RETRIED = {"s3", "hdfs", "webhdfs", "swebhdfs"}     # schemes reached over a network
 
 
-def register_backend(scheme: str, target: str) -> None:
-    """Let `open_store` handle `scheme://...` with the factory named by 'module:callable'."""
+def register_backend(scheme: str, target: str, retry: bool = False) -> None:
+    """Let `open_store` handle `scheme://...` with the factory named by 'module:callable';
+    `retry`: wrap its stores in RetryingStorage (a store across a network)."""
     _BACKENDS[scheme] = target
+    if retry:
+        _RETRIED.add(scheme)
+    else:
+        _RETRIED.discard(scheme)
 
 
-def open_store(uri: str) -> Storage:
-    """Open the store named by `uri` (`file:///path`, a plain path, or a registered scheme)."""
+def open_store(uri: str, retry_seconds: float | None = None) -> Storage:
+    """Open the store named by `uri` (`file:///path`, a plain path, or a registered scheme).
+    A remote store retries through an outage for `retry_seconds` (default: the
+    `store_retry_seconds` setting; 0: fail at the first connection error)."""
     scheme, sep, rest = uri.partition("://")
     if not sep:
         scheme, rest = "", uri
@@ -34,7 +48,11 @@ def open_store(uri: str) -> Storage:
                          + ", ".join(sorted(s for s in _BACKENDS if s))) from None
     module, _, name = target.partition(":")
     factory = getattr(importlib.import_module(module), name)
-    return factory(rest) if scheme in ("file", "") else factory(uri)
+    store = factory(rest) if scheme in ("file", "") else factory(uri)
+    if scheme in _RETRIED:
+        from .retrying import RetryingStorage
+        store = RetryingStorage(store, retry_seconds)
+    return store
 
 
 __all__ = ["Storage", "StorageError", "open_store", "register_backend"]

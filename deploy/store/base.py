@@ -51,6 +51,11 @@ class Storage(abc.ABC):
             parent, _, name = path.rstrip("/").rpartition("/")
             return name in self.list(parent)
 
+    def once(self) -> "Storage":
+        """This store answering each verb with one attempt (a wrapper that retries gives its
+        inner store): for best-effort cleanup that must not wait out an outage."""
+        return self
+
     def local_path(self, path: str) -> str | None:
         """The local filesystem path of `path` when the store is on this machine's disk, else None."""
         return None

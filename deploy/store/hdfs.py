@@ -7,6 +7,9 @@ URIs (the user name is not a secret; it says whose files these are):
                                                     (HA nameservices too), else host:9870
 The user is the URI's, else $HADOOP_USER_NAME, else the login name (simple auth).
 
+Reached through `open_store`, the verbs are retried through an outage (deploy.store.retrying);
+a retried `put` may leave a hidden temp file behind (`.tmp-*`, never listed).
+
 Whole files: written to a temp name beside the target, then renamed over it with WebHDFS's
 `renameoptions=OVERWRITE`, one NameNode operation: a reader sees the old file or the new
 one, never a gap (delete + rename would leave a moment with no file). Exclusive creates:
@@ -22,6 +25,7 @@ from typing import Any, Callable
 
 from .. import hadoop_conf
 from .base import Storage, StorageError
+from .retrying import mark
 
 SCHEMES = {"webhdfs": "http", "swebhdfs": "https"}
 TEMP_PREFIX = ".tmp-"
@@ -103,7 +107,8 @@ class HdfsStorage(Storage):
 
     def _call(self, what: str, path: str, fn: Callable[[], Any]) -> Any:
         """Run a WebHDFS call; its failure as FileNotFoundError, PermissionError, FileExistsError
-        or StorageError naming what was done, where, and as whom."""
+        or StorageError naming what was done, where, and as whom (marked transient when the
+        NameNode could not be reached, timed out, or is failing over or in safe mode)."""
         import hdfs
         import requests
         try:
@@ -118,12 +123,12 @@ class HdfsStorage(Storage):
                                       f"{message}") from None
             if kind == "FileAlreadyExistsException":
                 raise FileExistsError(f"{where}: {message}") from None
-            raise StorageError(f"cannot {what} {where} on HDFS ({', '.join(self.urls)}): "
-                               f"{kind or 'error'}: {message}") from None
+            raise mark(StorageError(f"cannot {what} {where} on HDFS ({', '.join(self.urls)}): "
+                                    f"{kind or 'error'}: {message}"), exc) from None
         except requests.exceptions.RequestException as exc:
-            raise StorageError(f"cannot reach the HDFS NameNode (WebHDFS at {', '.join(self.urls)}) "
-                               f"to {what} {self.absolute(path)}: {type(exc).__name__}: "
-                               f"{_first_line(exc)}") from None
+            raise mark(StorageError(f"cannot reach the HDFS NameNode (WebHDFS at "
+                                    f"{', '.join(self.urls)}) to {what} {self.absolute(path)}: "
+                                    f"{type(exc).__name__}: {_first_line(exc)}"), exc) from None
 
     def _temp(self, target: str) -> str:
         folder, _, name = target.rpartition("/")

@@ -100,4 +100,5 @@ def home_job_store(job_id: str) -> LocalStorage:
     from .. import config
     root = config.home() / "jobs"
     root.mkdir(mode=0o700, exist_ok=True)
+    (root / job_id).mkdir(mode=0o700, exist_ok=True)    # else made by makedirs(), with the umask's mode
     return LocalStorage(str(root / job_id))

@@ -3,6 +3,10 @@
 `s3://bucket/prefix` names the root. The endpoint, region and credentials come from the
 usual boto3 sources (environment, ~/.aws, instance role); `AWS_ENDPOINT_URL` (or
 `AWS_ENDPOINT_URL_S3`) points it at an S3-compatible server such as MinIO or moto.
+
+Each call is one attempt (botocore's own retries are off): `open_store` wraps this store
+in `RetryingStorage`, which retries transient failures within `store_retry_seconds`, so
+one budget bounds an outage however it shows (refused, reset, 5xx, throttled).
 """
 from __future__ import annotations
 
@@ -11,8 +15,10 @@ import time
 from typing import Any
 
 from .base import Storage, StorageError
+from .retrying import mark
 
 _CONFLICT_RETRIES = 20
+CONNECT_TIMEOUT = 10.0      # seconds; a read may take botocore's default 60 s between bytes
 
 
 def parse_uri(uri: str) -> tuple[str, str]:
@@ -30,7 +36,8 @@ def make_client(endpoint_url: str | None = None) -> Any:
     from botocore.config import Config
     endpoint = (endpoint_url or os.environ.get("AWS_ENDPOINT_URL_S3")
                 or os.environ.get("AWS_ENDPOINT_URL") or None)
-    config = Config(retries={"max_attempts": 5, "mode": "standard"}, max_pool_connections=32)
+    config = Config(retries={"total_max_attempts": 1, "mode": "standard"},
+                    connect_timeout=CONNECT_TIMEOUT, max_pool_connections=32)
     return boto3.client("s3", endpoint_url=endpoint, config=config)
 
 
@@ -59,10 +66,11 @@ class S3Storage(Storage):
         return "/".join(p for p in (self.prefix, path.strip("/")) if p)
 
     def _error(self, exc: Exception, what: str, path: str) -> Exception:
+        """botocore's `exc` as FileNotFoundError, or StorageError marked transient or not."""
         code, status = _code(exc)
         if code in ("NoSuchKey", "404", "NotFound") or status == 404:
             return FileNotFoundError(f"{self.uri}/{path}")
-        return StorageError(f"{what} {self.uri}/{path}: {exc}")
+        return mark(StorageError(f"{what} {self.uri}/{path}: {type(exc).__name__}: {exc}"), exc)
 
     def get(self, path: str) -> bytes:
         try:
