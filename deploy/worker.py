@@ -56,7 +56,7 @@ class Worker:
         # a cancel marker is one stat away on local disk; remote stores are asked less often
         self.cancel_check_seconds = 0.1 if store.local_path("") else store.poll_seconds
         self.seq = 0
-        self.next_beat = float("inf")   # the first heartbeat: once the first chunk runs
+        self.next_beat = float("inf")   # the first heartbeat: just before the first claim
         self.next_cancel_check = 0.0
         self.canceled = False
         self.seen: dict[str, tuple[object, float]] = {}
@@ -303,9 +303,9 @@ class Worker:
         except ex.Interrupted as stop:
             result = stop.result
             result.extend(ex.canceled_calls(stop.unrun, self.cancel_reason(), self.id))
+        self.publish_log(n, attempt, local)
         self.store.create_exclusive(layout.COMBINED, self.result_bytes(result))
         self.wake()
-        self.publish_log(n, attempt, local)
 
     def cancel_reason(self) -> str:
         try:
@@ -339,13 +339,13 @@ class Worker:
                     if not self.poll():
                         self.sweep_canceled()
                         return
-                    todo = self.claim_next()
+                    if self.seq == 0:
+                        self.beat(force=True)   # before any claim: a claim's owner that dies
+                    todo = self.claim_next()    # is then known by its process at once
                     if todo == DONE:
                         return
                     if todo is not None and todo[0] < self.spec.chunk_count:
                         running = self.start_chunk(*todo)
-                    if self.seq == 0:
-                        self.beat(force=True)
                     if todo is None:
                         time.sleep(self.poll_seconds)   # chunks held by live workers: wait to help
                         continue
@@ -361,8 +361,8 @@ class Worker:
                         following = self.start_chunk(*todo)
                 if result is not None:
                     chunk, attempt, local = running
-                    self.publish(chunk, attempt, result)
-                    self.publish_log(chunk, attempt, local)
+                    self.publish_log(chunk, attempt, local)   # first: a reader that sees the
+                    self.publish(chunk, attempt, result)      # result finds the output too
                 if self.canceled:
                     self.sweep_canceled()
                     return
@@ -372,7 +372,10 @@ class Worker:
             self.sweep_canceled()
         finally:
             self.executor.close()
-            self.store.delete(layout.heartbeat(self.id))
+            try:
+                self.store.once().delete(layout.heartbeat(self.id))
+            except OSError:
+                pass                        # the store is gone: the heartbeat goes stale
 
 
 def work(store_uri: str, processes: int = 1, functions: dict[str, Callable] | None = None) -> None:
@@ -384,18 +387,21 @@ def work(store_uri: str, processes: int = 1, functions: dict[str, Callable] | No
         ex.install_sigterm()
         Worker(store, spec, functions).run()
         return
-    pids = start_workers(store_uri, functions, processes, detach=False)
+    pids = start_workers(store_uri, functions, processes, detach=False, stderr_fd=2)
     forward = lambda signum, frame: [_signal(p, signum) for p in pids]
     signal.signal(signal.SIGTERM, forward)
+    failed = 0
     for pid in pids:
         while True:
             try:
-                os.waitpid(pid, 0)
+                failed += os.waitpid(pid, 0)[1] != 0
                 break
             except ChildProcessError:
                 break
             except InterruptedError:
                 continue
+    if failed:
+        raise SystemExit(f"{failed} of {processes} worker processes failed (their errors are above)")
 
 
 def _signal(pid: int, signum: int) -> None:

@@ -190,3 +190,20 @@ def test_the_creator_reaps_its_exited_workers():
         except FileNotFoundError:
             continue                        # reaped and gone
         assert not (fields[0] == "Z" and int(fields[1]) == os.getpid()), f"worker {pid} is a zombie"
+
+
+def test_worker_processes_report_their_errors_and_exit_code():
+    """`python -m deploy.worker URI --processes N` (what SSH hosts and YARN containers run)
+    shows each forked worker's error and exits non-zero, as with one process."""
+    import shutil
+    job = deploy.map_job.create(lambda: 1, [{}, {}], chunk_size=1)
+    assert job.wait(timeout=30) == "Completed"
+    root = job._store.local_path("")
+    for name in ("results", "claims", "heartbeats", "logs", "inputs"):
+        shutil.rmtree(os.path.join(root, name), ignore_errors=True)
+    for processes in ("1", "2"):
+        done = subprocess.run([sys.executable, "-m", "deploy.worker", job._store.uri,
+                               "--processes", processes], capture_output=True, text=True,
+                              timeout=60, cwd=ROOT)
+        assert done.returncode != 0, processes
+        assert "FileNotFoundError" in done.stderr, (processes, done.stderr)

@@ -77,12 +77,9 @@ def hang_once(marker, i):
 
 
 def _owner_pid(job, chunk):
-    """The pid of the worker that claimed `chunk` (its first heartbeat follows the claim)."""
+    """The pid of the worker that claimed `chunk` (it heart-beats before it claims)."""
     owner = job._store.get(layout.claim(chunk, 0)).decode()
-    path = layout.heartbeat(owner)
-    wait_for(lambda: path in [f"{layout.HEARTBEATS}/{n}" for n in job._store.list(layout.HEARTBEATS)],
-             what="the owner's first heartbeat")
-    return json.loads(job._store.get(path))["pid"]
+    return json.loads(job._store.get(layout.heartbeat(owner)))["pid"]
 
 
 def _kill_worker_of_chunk_0(job, marker):
