@@ -140,6 +140,17 @@ def test_local_job_files_are_private_whatever_the_umask(deploy_home, tmp_path):
 
 
 @pytest.mark.ssh
+def test_a_shared_path_store_makes_private_directories(tmp_path):
+    """A job directory in a path store (`store='/shared/jobs'`) is made 0700 with its parents,
+    whatever the umask, by the first file written into it."""
+    from deploy.store import open_store
+    with umask(0):
+        store = open_store(str(tmp_path / "shared" / "jobs" / "0123abcd"))
+        store.put("inputs/0", b"x")
+        store.create_exclusive("results/0", b"y")
+    assert loose_modes(tmp_path / "shared") == []
+
+
 def test_a_relayed_ssh_job_is_private_on_the_client(cluster, deploy_home):  # noqa: F811
     """The client's copy of a relayed job (written by the relay thread for remote workers)
     is as private as a local one."""

@@ -10,6 +10,20 @@ from .base import Storage
 _temp_names = itertools.count()
 
 
+def private_dirs(path: str) -> None:
+    """Make `path` and its missing parents, each 0700 (makedirs gives parents the umask's
+    mode, and a store's job directory is a parent of the files written first)."""
+    if os.path.isdir(path):
+        return
+    parent = os.path.dirname(path)
+    if parent and parent != path:
+        private_dirs(parent)
+    try:
+        os.mkdir(path, 0o700)
+    except FileExistsError:
+        pass
+
+
 def _write_temp(target: str, data: bytes) -> str:
     """Write `data` to a new private file beside `target` (unique per process and call)."""
     directory = os.path.dirname(target)
@@ -20,7 +34,7 @@ def _write_temp(target: str, data: bytes) -> str:
             fd = os.open(tmp, flags, 0o600)
             break
         except FileNotFoundError:
-            os.makedirs(directory, mode=0o700, exist_ok=True)
+            private_dirs(directory)
         except FileExistsError:
             pass                        # left by a crashed process that had this pid
     try:
@@ -100,5 +114,4 @@ def home_job_store(job_id: str) -> LocalStorage:
     from .. import config
     root = config.home() / "jobs"
     root.mkdir(mode=0o700, exist_ok=True)
-    (root / job_id).mkdir(mode=0o700, exist_ok=True)    # else made by makedirs(), with the umask's mode
     return LocalStorage(str(root / job_id))
