@@ -132,8 +132,10 @@ def test_ctrl_c_while_waiting_for_the_list_cancels_the_job(tmp_path):
     from deploy.processes import process_alive
     from waiting import wait_for
     code = textwrap.dedent(f"""
-        import os, time
+        import os, signal, time
         import deploy
+        signal.signal(signal.SIGINT, signal.default_int_handler)  # as in a terminal, however
+                                                                  # the suite was started
         def slow(i):
             open(os.path.join({str(tmp_path)!r}, f"started-{{i}}"), "w").close()
             time.sleep(60)

@@ -135,6 +135,8 @@ def test_ctrl_c_in_the_callers_process_still_stops_a_local_job(tmp_path):
         import os, signal, time
         import deploy
         from deploy.environment import Local
+        signal.signal(signal.SIGINT, signal.default_int_handler)  # as in a terminal, however
+                                                                  # the suite was started
 
         def task(i):
             open(os.path.join({str(tmp_path)!r}, f"ran-{{i}}"), "w").close()
