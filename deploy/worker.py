@@ -53,8 +53,9 @@ class Worker:
             self.functions, self.spec.task_timeout, self.id,
             () if wake_fd is None else (wake_fd,))
         self.poll_seconds = max(store.poll_seconds, 0.1)
-        # a cancel marker is one stat away on local disk; remote stores are asked less often
-        self.cancel_check_seconds = 0.1 if store.local_path("") else store.poll_seconds
+        # a cancel marker is one stat away on local disk, so it is looked for before every
+        # inline task (none starts after cancel() returned); remote stores are asked less often
+        self.cancel_check_seconds = 0.0 if store.local_path("") else store.poll_seconds
         self.seq = 0
         self.next_beat = float("inf")   # the first heartbeat: just before the first claim
         self.next_cancel_check = 0.0

@@ -7,6 +7,7 @@ them in the calling process (the `Local` environment, for debugging).
 from __future__ import annotations
 
 import contextlib
+import faulthandler
 import mmap
 import os
 import pickle
@@ -14,6 +15,7 @@ import select
 import signal
 import struct
 import sys
+import tempfile
 import time
 from typing import Any, Callable
 
@@ -25,6 +27,7 @@ from .runner import Batch, Slot
 _LEN = struct.Struct("!Q")
 _HEAD = struct.Struct("!cqq")     # a rows message: D(one)/P(art)/L(inked)/E(rror), rows, first failure or -1
 _FLUSH_SECONDS = 0.5
+_CRASH_BYTES = 1 << 16  # of a crashed task process's faulthandler report, logged for its task
 
 
 def _find_prctl() -> Callable | None:
@@ -208,13 +211,14 @@ def _die_with_parent() -> None:
 
 
 def _child_main(functions: dict[str, Callable], worker: str, tasks_fd: int, rows_fd: int,
-                slot: Slot) -> None:
+                slot: Slot, crash_fd: int) -> None:
     """The task process: runs batches sent by the worker, streams their rows back.
     Processes a task starts end with the task (see `descendants`)."""
     _die_with_parent()
     descendants.become_subreaper(_PRCTL)
     signal.signal(signal.SIGTERM, signal.SIG_DFL)
     signal.signal(signal.SIGINT, signal.SIG_IGN)
+    faulthandler.enable(file=crash_fd, all_threads=True)    # the worker logs it for the task
     devnull = os.open(os.devnull, os.O_RDONLY)
     os.dup2(devnull, 0)
     os.close(devnull)
@@ -272,22 +276,25 @@ class ForkExecutor:
         self.private_fds = private_fds      # the worker's own descriptors: closed in the child
         self.pid: int | None = None
         self.slot = Slot(mmap.mmap(-1, Slot.SIZE))
+        self.crashed = b""                  # what the last task process's faulthandler wrote
 
     def _start(self) -> None:
         tasks_r, tasks_w = os.pipe()
         rows_r, rows_w = os.pipe()
+        crash = tempfile.TemporaryFile()    # where a crashing task's stack goes (faulthandler)
         self.slot.set_idle()
         pid = os.fork()
         if pid == 0:
             try:
                 for fd in (tasks_w, rows_r, *self.private_fds):
                     os.close(fd)
-                _child_main(self.functions, self.worker, tasks_r, rows_w, self.slot)
+                _child_main(self.functions, self.worker, tasks_r, rows_w, self.slot,
+                            crash.fileno())
             finally:
                 os._exit(0)
         os.close(tasks_r)
         os.close(rows_w)
-        self.pid, self.tasks_fd, self.rows_fd = pid, tasks_w, rows_r
+        self.pid, self.tasks_fd, self.rows_fd, self.crash = pid, tasks_w, rows_r, crash
 
     def _kill(self) -> str:
         """Kill the child (if alive) and reap it; describe how it ended."""
@@ -297,6 +304,9 @@ class ForkExecutor:
         _, status = os.waitpid(self.pid, 0)
         for fd in (self.tasks_fd, self.rows_fd):
             os.close(fd)
+        self.crash.seek(0)
+        self.crashed = self.crash.read(_CRASH_BYTES)
+        self.crash.close()
         self.pid = None
         if os.WIFSIGNALED(status):
             return f"was killed by signal {os.WTERMSIG(status)}"
@@ -352,6 +362,8 @@ class ForkExecutor:
                     continue
                 running = self.slot.read()
                 how = self._kill()
+                if self.crashed and running[0] >= received:
+                    _log_crash(log_path, sent, running, self.crashed)
                 idle_losses += running[0] < 0
                 if idle_losses > 1:
                     raise BatchError(f"the task process {how} twice before running a task")
@@ -409,6 +421,20 @@ class ForkExecutor:
             keep.remove(pos)
             rest = sent.take(keep)
         return rest if len(rest) else None
+
+
+def _log_crash(log_path: str, sent: Batch | tuple, running: tuple[int, int, float],
+               text: bytes) -> None:
+    """Append what the crashed task process's faulthandler wrote to the chunk's log, under
+    the running task's marker, so the task's own log shows where it crashed."""
+    batch = _batch(sent)
+    pos, retry_attempt = running[0], running[1]
+    attempt = retry_attempt or batch.attempts(pos)[0]
+    fd = os.open(log_path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o600)
+    try:
+        os.write(fd, runner.marker(batch.indices[pos], attempt) + text)
+    finally:
+        os.close(fd)
 
 
 def _batch(sent: Batch | tuple) -> Batch:

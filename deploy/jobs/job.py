@@ -248,15 +248,21 @@ class Job:
         spec = self.spec
         self._refresh()
         attempts = self._attempts()
-        for chunk in range(spec.chunk_count):
-            if chunk not in self._chunks:
-                tasks = spec.chunk_tasks(chunk)
-                tried = attempts.get(chunk, 0)
-                text = (f"the worker running it was lost; {why}" if tried and status == C_FAILED
-                        else why)
-                rows = unfinished(tasks, [tried] * len(tasks), status, exception, text, HOST,
-                                  "client")
-                self._store.create_exclusive(layout.result(chunk), pickle.dumps(rows.to_dict()))
+
+        def publish(chunk: int) -> None:
+            tasks = spec.chunk_tasks(chunk)
+            tried = attempts.get(chunk, 0)
+            text = f"the worker running it was lost; {why}" if tried and status == C_FAILED else why
+            rows = unfinished(tasks, [tried] * len(tasks), status, exception, text, HOST, "client")
+            self._store.create_exclusive(layout.result(chunk), pickle.dumps(rows.to_dict()))
+        missing = [c for c in range(spec.chunk_count) if c not in self._chunks]
+        if len(missing) > 1 and self._store.local_path("") is None:
+            from concurrent.futures import ThreadPoolExecutor
+            with ThreadPoolExecutor(16) as pool:    # a round trip each on a remote store
+                list(pool.map(publish, missing))
+        else:
+            for chunk in missing:
+                publish(chunk)
         self._refresh()
 
     # -- results ----------------------------------------------------------------------
