@@ -6,7 +6,43 @@ and the DataNodes' HDFS client retries closing a file after 20 ms instead of 400
 file's close often waits for the DataNode's block report, and WebHDFS writes are all small."""
 from __future__ import annotations
 
+import os
+import shutil
+import subprocess
+import sys
+
 import pytest
+
+CONTAINER_PATH = "/usr/local/bin:/usr/local/sbin:/usr/bin:/usr/sbin:/bin:/sbin"   # YARN's bash
+
+
+def node_python() -> str | None:
+    """None (the default: python3 on the nodes) when that has the client's minor version,
+    else this interpreter."""
+    found = shutil.which("python3", path=CONTAINER_PATH)
+    if found:
+        out = subprocess.run([found, "-c", "import sys; print(sys.version_info[:2])"],
+                             capture_output=True, text=True).stdout.strip()
+        if out == str(tuple(sys.version_info[:2])):
+            return None
+    return sys.executable
+
+
+def pids_with_env(entry: str) -> list[int]:
+    """Live processes whose environment holds `entry` (e.g. 'CONTAINER_ID=container_1_0001_')."""
+    needle = entry.encode()
+    found = []
+    for pid in filter(str.isdigit, os.listdir("/proc")):
+        try:
+            with open(f"/proc/{pid}/environ", "rb") as f:
+                environ = f.read()
+            with open(f"/proc/{pid}/stat", "rb") as f:
+                zombie = f.read().rsplit(b")", 1)[1].split()[0] == b"Z"
+        except (OSError, IndexError):
+            continue
+        if needle in environ and not zombie:
+            found.append(int(pid))
+    return found
 
 
 @pytest.fixture(scope="session")
@@ -25,4 +61,4 @@ def hadoop_cluster():
     cluster.stop()
 
 
-__all__ = ["hadoop_cluster"]
+__all__ = ["CONTAINER_PATH", "hadoop_cluster", "node_python", "pids_with_env"]

@@ -27,13 +27,13 @@ def ssh_hosts(tmp_path_factory):
     hosts.stop()
 
 
-def _free_port() -> int:
+def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]
 
 
-def _answers(port: int) -> bool:
+def answers(port: int) -> bool:
     try:
         socket.create_connection(("127.0.0.1", port), timeout=0.5).close()
         return True
@@ -44,12 +44,12 @@ def _answers(port: int) -> bool:
 @pytest.fixture(scope="session")
 def moto_server(tmp_path_factory):
     """An S3 endpoint URL served by `python -m moto.server` on 127.0.0.1."""
-    port = _free_port()
+    port = free_port()
     log = open(tmp_path_factory.mktemp("moto") / "moto.log", "wb")
     proc = subprocess.Popen([sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", str(port)],
                             stdout=log, stderr=log, stdin=subprocess.DEVNULL)
     try:
-        wait_for(lambda: proc.poll() is not None or _answers(port), timeout=60, what="moto server")
+        wait_for(lambda: proc.poll() is not None or answers(port), timeout=60, what="moto server")
         if proc.poll() is not None:
             pytest.fail(f"moto server exited with {proc.returncode}: see {log.name}")
         yield f"http://127.0.0.1:{port}"

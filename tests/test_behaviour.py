@@ -1,7 +1,7 @@
 """One behaviour suite, run on every environment: Local, LocalAsync, SshCluster, HadoopCluster.
 
 Each test takes the parametrized fixture `env` and asserts the same promises everywhere.
-The cluster environments are made once per session (`ssh_env`: host1, host2 and host3, whose
+The cluster environments are made once for this module (`ssh_env`: host1, host2 and host3, whose
 sshd offers no SFTP, one worker each; `hadoop_env`: two 256 MB YARN containers) on the real
 sshd hosts and the real Hadoop mini cluster. Tasks write marker files into a world-writable
 folder of this machine, which the host users and the YARN containers see as well.
@@ -31,8 +31,6 @@ import os
 import resource
 import shutil
 import signal
-import subprocess
-import sys
 import tempfile
 import threading
 import time
@@ -42,13 +40,13 @@ import pytest
 
 import deploy
 from conftest import run_python
+from conftest_hadoop import node_python, pids_with_env
 from deploy.environments.base import Environment
 from deploy.jobs.job import Job
 from deploy.processes import process_alive
 from waiting import wait_for
 
 LAB = ("host1", "host2", "host3")      # host3's sshd offers no SFTP
-CONTAINER_PATH = "/usr/local/bin:/usr/local/sbin:/usr/bin:/usr/sbin:/bin:/sbin"   # YARN's bash
 COLUMNS = ["task_name", "status", "start_time", "end_time", "run_time", "exception",
            "exception_message", "exception_traceback", "host", "worker", "attempt", "peak_memory_mb"]
 GRAPHLAB = [{"x": 20, "y": 20}, {"x": None, "y": 10}, {"x": 5, "y": 5}]
@@ -184,35 +182,12 @@ def group_members(pgids: set[int]) -> list[int]:
 
 def app_pids(app_id: str) -> list[int]:
     """Live processes of a YARN application's containers (found by their environment)."""
-    needle = f"CONTAINER_ID=container_{app_id[len('application_'):]}_".encode()
-    found = []
-    for pid in filter(str.isdigit, os.listdir("/proc")):
-        try:
-            with open(f"/proc/{pid}/environ", "rb") as f:
-                environ = f.read()
-            with open(f"/proc/{pid}/stat", "rb") as f:
-                zombie = f.read().rsplit(b")", 1)[1].split()[0] == b"Z"
-        except (OSError, IndexError):
-            continue
-        if needle in environ and not zombie:
-            found.append(int(pid))
-    return found
+    return pids_with_env(f"CONTAINER_ID=container_{app_id[len('application_'):]}_")
 
 
 def ssh_groups(handle: dict) -> set[int]:
     """The process groups of an SshCluster launch handle: one per host's workers."""
     return {g for entry in handle.get("hosts", []) for g, _ in entry.get("groups", [])}
-
-
-def node_python() -> str | None:
-    """None (python3 on the nodes) when that has the client's minor version, else this one."""
-    found = shutil.which("python3", path=CONTAINER_PATH)
-    if found:
-        out = subprocess.run([found, "-c", "import sys; print(sys.version_info[:2])"],
-                             capture_output=True, text=True).stdout.strip()
-        if out == str(tuple(sys.version_info[:2])):
-            return None
-    return sys.executable
 
 
 # ---------------------------------------------------------------------------- environments
@@ -258,9 +233,10 @@ def _private_settings(tmp: str) -> pytest.MonkeyPatch:
     return mp
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="module")
 def ssh_env(ssh_hosts, tmp_path_factory):
-    """An SshCluster over host1..host3, one worker per host, prepared once (timed)."""
+    """An SshCluster over host1..host3, one worker per host, prepared once for this module
+    (timed) and stopped at its end: other modules find no agent of it on the hosts."""
     from deploy.environments.ssh import SshCluster
     mp = _private_settings(str(tmp_path_factory.mktemp("ssh-env")))
     try:
@@ -288,9 +264,9 @@ def _cmdline(pid: int) -> bytes:
         return b""
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="module")
 def hadoop_env(hadoop_cluster, tmp_path_factory):
-    """A HadoopCluster of two 256 MB containers, its runtime staged once (timed)."""
+    """A HadoopCluster of two 256 MB containers, its runtime staged once for this module (timed)."""
     from deploy.environments.hadoop import HadoopCluster
     mp = _private_settings(str(tmp_path_factory.mktemp("hadoop-env")))
     try:
@@ -315,12 +291,19 @@ def folder():
     shutil.rmtree(path, ignore_errors=True)
 
 
-@pytest.fixture(params=[
-    pytest.param("local"),
-    pytest.param("local_async"),
-    pytest.param("ssh", marks=pytest.mark.ssh),
-    pytest.param("hadoop", marks=pytest.mark.hadoop),
-])
+ENVIRONMENTS = [pytest.param("local"), pytest.param("local_async"),
+                pytest.param("ssh", marks=pytest.mark.ssh),
+                pytest.param("hadoop", marks=pytest.mark.hadoop)]
+
+
+def not_on_local(reason: str) -> Any:
+    """Run a test on every environment but Local, saying why not there."""
+    return pytest.mark.parametrize("env", [
+        pytest.param("local", marks=pytest.mark.skip(reason=reason)), *ENVIRONMENTS[1:]],
+        indirect=True)
+
+
+@pytest.fixture(params=ENVIRONMENTS)
 def env(request, folder, deploy_home):
     """Each environment in turn. Afterwards no worker of the test's jobs may be left: SSH
     workers are checked by their process groups, YARN applications are killed."""
@@ -434,11 +417,7 @@ def test_every_kind_of_exception_fails_only_its_task(env):
 FAULTS = ["ok", "exit", "ok", "segv", "ok", "memory", "ok", "ok"]
 
 
-@pytest.mark.parametrize("env", [
-    pytest.param("local", marks=pytest.mark.skip(reason="Local runs tasks in the test's process")),
-    "local_async",
-    pytest.param("ssh", marks=pytest.mark.ssh),
-    pytest.param("hadoop", marks=pytest.mark.hadoop)], indirect=True)
+@not_on_local("Local runs tasks in the test's process")
 def test_process_faults_cost_one_row_each(env):
     """A task that exits the process, one that segfaults and one that runs out of address
     space each end with exactly one Failed row; the tasks after them in the chunk complete."""
@@ -453,17 +432,13 @@ def test_process_faults_cost_one_row_each(env):
     assert segv_row.exception == "WorkerLost"
     assert f"killed by signal {signal.SIGSEGV.value}" in segv_row.exception_message
     crash = job.get_logs(segv_row.task_name)      # where it crashed, in the task's own log
-    assert "Segmentation fault" in crash and "line 104 in fault" in crash, job.get_logs()
+    assert "Segmentation fault" in crash and " in fault" in crash, job.get_logs()
     assert memory_row.exception == "MemoryError", memory_row.to_dict()
     assert (metrics.attempt == 1).all()
     _one_result_per_chunk(job)
 
 
-@pytest.mark.parametrize("env", [
-    pytest.param("local", marks=pytest.mark.skip(reason="Local's worker is the test's process")),
-    "local_async",
-    pytest.param("ssh", marks=pytest.mark.ssh),
-    pytest.param("hadoop", marks=pytest.mark.hadoop)], indirect=True)
+@not_on_local("Local's worker is the test's process")
 def test_killed_worker_is_taken_over(env):
     """SIGKILL the worker running chunk 0 (found through its claim and heartbeat): another
     worker takes the chunk over as attempt 2 and the job completes."""
@@ -536,11 +511,6 @@ def _create_and_cancel(env: Env, fn: Callable, params: list, name: str, chunk_si
     return job, returned[0]
 
 
-@pytest.mark.parametrize("env", [
-    "local",
-    "local_async",
-    pytest.param("ssh", marks=pytest.mark.ssh),
-    pytest.param("hadoop", marks=pytest.mark.hadoop)], indirect=True)
 def test_cancel_starts_nothing_more_and_resume_finishes(env):
     """cancel() while every worker runs a task: no task starts after it returns (by the
     tasks' own start times), every task is Canceled; resume() then completes them all."""
@@ -566,11 +536,6 @@ def test_cancel_starts_nothing_more_and_resume_finishes(env):
     _one_result_per_chunk(job)
 
 
-@pytest.mark.parametrize("env", [
-    "local",
-    "local_async",
-    pytest.param("ssh", marks=pytest.mark.ssh),
-    pytest.param("hadoop", marks=pytest.mark.hadoop)], indirect=True)
 def test_cancel_while_tasks_flow_starts_nothing_after_it_returns(env):
     """cancel() while workers take one short task after another: once it returned no task
     starts, by the tasks' own start times; each task has one row, Completed or Canceled.

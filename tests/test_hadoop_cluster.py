@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import os
 import re
-import shutil
 import signal
 import socket
 import subprocess
@@ -22,6 +21,7 @@ import pytest
 
 import deploy
 from conftest import ROOT, registry_bytes
+from conftest_hadoop import node_python, pids_with_env
 from deploy.environments.hadoop import HadoopCluster, HadoopError
 from deploy.errors import JobError
 from waiting import wait_for
@@ -29,7 +29,6 @@ from wheels import make_wheel
 
 pytestmark = pytest.mark.hadoop
 
-CONTAINER_PATH = "/usr/local/bin:/usr/local/sbin:/usr/bin:/usr/sbin:/bin:/sbin"   # bash's default
 GRAPHLAB = [{"x": 20, "y": 20}, {"x": None, "y": 10}, {"x": 5, "y": 5}]
 GOOD = [{"x": 20, "y": 20}, {"x": 10, "y": 10}, {"x": 5, "y": 5}]
 LABEL = re.compile(r"^container_\d+_\d+_\d+_\d+@\S+$")
@@ -49,18 +48,7 @@ def nap(i, seconds):
     return i
 
 
-def _node_python() -> str | None:
-    """None (the default, python3 on the nodes) when that is the client's minor version."""
-    found = shutil.which("python3", path=CONTAINER_PATH)
-    if found:
-        out = subprocess.run([found, "-c", "import sys; print(sys.version_info[:2])"],
-                             capture_output=True, text=True).stdout.strip()
-        if out == str(tuple(sys.version_info[:2])):
-            return None
-    return sys.executable
-
-
-NODE_PYTHON = _node_python()
+NODE_PYTHON = node_python()
 
 
 @pytest.fixture(autouse=True)
@@ -82,23 +70,6 @@ def settings(hadoop_cluster):
 
 def app_of(job) -> str:
     return job._launch()["handle"]["app"]
-
-
-def pids_with_env(entry: str) -> list[int]:
-    """Live processes whose environment holds `entry` (e.g. 'CONTAINER_ID=container_1_0001_')."""
-    needle = entry.encode()
-    found = []
-    for pid in filter(str.isdigit, os.listdir("/proc")):
-        try:
-            with open(f"/proc/{pid}/environ", "rb") as f:
-                environ = f.read()
-            with open(f"/proc/{pid}/stat", "rb") as f:
-                zombie = f.read().rsplit(b")", 1)[1].split()[0] == b"Z"
-        except OSError:
-            continue
-        if needle in environ and not zombie:
-            found.append(int(pid))
-    return found
 
 
 def app_pids(app_id: str) -> list[int]:

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import os
 import signal
-import socket
 import subprocess
 import sys
 import threading
@@ -21,6 +20,7 @@ import uuid
 import pytest
 
 from conftest import ROOT
+from conftest_ssh import answers, free_port
 from waiting import wait_for
 
 import deploy
@@ -103,23 +103,9 @@ asyncio.run(main())
 '''
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def _answers(port: int) -> bool:
-    try:
-        socket.create_connection(("127.0.0.1", port), timeout=0.5).close()
-        return True
-    except OSError:
-        return False
-
-
 def _start(args: list[str], port: int, log, what: str) -> subprocess.Popen:
     proc = subprocess.Popen(args, stdout=log, stderr=log, stdin=subprocess.DEVNULL)
-    wait_for(lambda: proc.poll() is not None or _answers(port), timeout=60, what=what)
+    wait_for(lambda: proc.poll() is not None or answers(port), timeout=60, what=what)
     if proc.poll() is not None:
         pytest.fail(f"{what} exited with {proc.returncode}: see {log.name}")
     return proc
@@ -137,7 +123,7 @@ class S3Endpoint:
     def __init__(self, folder) -> None:
         self.folder = folder
         self.log = open(folder / "endpoint.log", "ab")
-        self.server_port, self.port = _free_port(), _free_port()
+        self.server_port, self.port = free_port(), free_port()
         self.flag = str(folder / "flag")
         self.server: subprocess.Popen | None = None
         self.forwarder: subprocess.Popen | None = None
@@ -247,7 +233,7 @@ def test_remote_stores_are_wrapped_and_the_local_store_is_not(bucket, tmp_path, 
     assert isinstance(store, RetryingStorage) and store.budget == 30
     assert store.uri == f"s3://{bucket}/root" and store.bucket == bucket   # attributes pass through
     monkeypatch.setenv("DEPLOY_STORE_RETRY_SECONDS", "7.5")
-    assert open_store(f"webhdfs://127.0.0.1:1/x").budget == 7.5
+    assert open_store("webhdfs://127.0.0.1:1/x").budget == 7.5
     assert open_store(f"s3://{bucket}/root", retry_seconds=0).budget == 0
     assert not isinstance(open_store(str(tmp_path)), RetryingStorage)
 
@@ -314,7 +300,7 @@ def test_a_spent_budget_raises_store_unavailable(endpoint, bucket, monkeypatch):
 def test_hdfs_connection_errors_are_retried_too(monkeypatch):
     """A NameNode that does not answer (a closed port): WebHDFS calls retry, then fail clearly."""
     monkeypatch.setenv("DEPLOY_STORE_RETRY_SECONDS", "1")
-    port = _free_port()
+    port = free_port()
     store = open_store(f"webhdfs://127.0.0.1:{port}/jobs/x")
     start = time.monotonic()
     with pytest.raises(StoreUnavailable, match=r"NameNode.*ConnectionError") as info:
