@@ -22,8 +22,8 @@ _LAZY = {
     "jobs": "deploy.jobs",
     "Job": "deploy.jobs.job:Job",
     "JobError": "deploy.errors:JobError",
-    "ssh_cluster": "deploy.environments.ssh",
-    "hadoop_cluster": "deploy.environments.hadoop",
+    "ssh_cluster": "deploy.environments.ssh.cluster",
+    "hadoop_cluster": "deploy.environments.hadoop.cluster",
 }   # a name joins only with its module: tests/test_public_names.py imports every one
 
 __all__ = sorted(_LAZY) + ["__version__"]

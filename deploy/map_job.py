@@ -12,10 +12,10 @@ from typing import Any, Callable
 
 from . import config
 from .environments.base import Environment, Launch
-from .jobs import spec as specs
+from .jobdir import spec as specs
 from .jobs.job import Job
 from .jobs.registry import jobs as job_registry
-from .store import layout
+from .jobdir import layout
 
 
 MAX_TIMEOUT = 1e8          # seconds (three years): beyond, timers overflow on some platforms
@@ -144,7 +144,7 @@ class _Counter:
 def pickled_size(fn: Any) -> int:
     """Bytes `Environment.serialize` would write for `fn` by default; large buffers (numpy
     arrays) are not copied."""
-    from .jobs import source
+    from .jobdir import source
     counter = _Counter()
     source.pickler(counter).dump(fn)
     return counter.size

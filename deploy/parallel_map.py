@@ -6,7 +6,7 @@ from typing import Any, Callable, Iterable, Iterator
 
 from .errors import JobError
 from .jobs.job import FINAL, Job
-from .jobs.results import C_OK
+from .jobdir.results import C_OK
 
 
 def map(function: Callable, *iterables: Iterable, ordered: bool = True, stream: bool = True,

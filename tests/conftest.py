@@ -30,7 +30,7 @@ def deploy_home(tmp_path, monkeypatch):
 def _stop_leftover_workers(home):
     """A failing test must not leave detached workers running into the next one."""
     import json
-    from deploy.processes import stop_process_groups
+    from deploy.worker.processes import stop_process_groups
     jobs = home / "jobs"
     if not jobs.is_dir():
         return

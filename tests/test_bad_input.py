@@ -16,7 +16,7 @@ import pytest
 import deploy
 from deploy.environment import Local, LocalAsync
 from deploy.errors import ConfigError, EnvironmentNotFound, JobNotFound
-from deploy.processes import process_alive
+from deploy.worker.processes import process_alive
 
 
 def add(x, y):
@@ -192,7 +192,7 @@ KINDS = {
 @pytest.mark.parametrize("kind", list(KINDS))
 def test_bad_input(kind, deploy_home, tmp_path, monkeypatch, capfd):
     """Each kind: its error at once; no job directory, no registry row, no worker, no output."""
-    from deploy import worker
+    from deploy.worker import loop as worker
     action, error, message, variables = KINDS[kind]
     (tmp_path / "bad.toml").write_text("max_tasks = [")
     (tmp_path / "typo.toml").write_text("max_task = 5\n")
@@ -238,7 +238,7 @@ def test_parameter_that_cannot_be_pickled(deploy_home, monkeypatch, capfd, attem
     """LocalAsync forks its workers while the job directory is written; when writing fails
     they stop without taking any work, are gone before create() raises, print nothing,
     and nothing is left behind (ten tries: this raced on a loaded machine)."""
-    from deploy import worker
+    from deploy.worker import loop as worker
     started = []
 
     def spy(*args, **kwargs):

@@ -43,7 +43,7 @@ from conftest import run_python
 from conftest_hadoop import node_python, pids_with_env
 from deploy.environments.base import Environment
 from deploy.jobs.job import Job
-from deploy.processes import process_alive
+from deploy.worker.processes import process_alive
 from waiting import wait_for
 
 LAB = ("host1", "host2", "host3")      # host3's sshd offers no SFTP
@@ -220,7 +220,7 @@ class Env:
             return not any(process_alive(p) for p in handle.get("pids", []))
         if self.kind == "ssh":
             return not group_members(ssh_groups(handle))
-        from deploy.environments.yarn import LIVE_STATES
+        from deploy.environments.hadoop.yarn import LIVE_STATES
         return (self.hadoop.app(handle["app"])["state"] not in LIVE_STATES
                 and not app_pids(handle["app"]))
 
@@ -237,7 +237,7 @@ def _private_settings(tmp: str) -> pytest.MonkeyPatch:
 def ssh_env(ssh_hosts, tmp_path_factory):
     """An SshCluster over host1..host3, one worker per host, prepared once for this module
     (timed) and stopped at its end: other modules find no agent of it on the hosts."""
-    from deploy.environments.ssh import SshCluster
+    from deploy.environments.ssh.cluster import SshCluster
     mp = _private_settings(str(tmp_path_factory.mktemp("ssh-env")))
     try:
         start = time.monotonic()
@@ -267,7 +267,7 @@ def _cmdline(pid: int) -> bytes:
 @pytest.fixture(scope="module")
 def hadoop_env(hadoop_cluster, tmp_path_factory):
     """A HadoopCluster of two 256 MB containers, its runtime staged once for this module (timed)."""
-    from deploy.environments.hadoop import HadoopCluster
+    from deploy.environments.hadoop.cluster import HadoopCluster
     mp = _private_settings(str(tmp_path_factory.mktemp("hadoop-env")))
     try:
         start = time.monotonic()

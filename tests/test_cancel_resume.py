@@ -8,7 +8,7 @@ import time
 
 import deploy
 from deploy.environment import LocalAsync
-from deploy.processes import process_alive
+from deploy.worker.processes import process_alive
 from waiting import wait_for
 
 

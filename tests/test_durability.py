@@ -8,7 +8,7 @@ import textwrap
 
 import deploy
 from conftest import ROOT, run_python
-from deploy.processes import wait_gone
+from deploy.worker.processes import wait_gone
 
 
 def test_job_completes_after_its_creator_is_killed_and_reopens_by_name():

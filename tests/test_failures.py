@@ -8,7 +8,7 @@ import time
 
 import deploy
 from deploy.environment import LocalAsync
-from deploy.store import layout
+from deploy.jobdir import layout
 from waiting import wait_for
 
 

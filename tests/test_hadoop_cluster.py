@@ -22,7 +22,7 @@ import pytest
 import deploy
 from conftest import ROOT, registry_bytes
 from conftest_hadoop import node_python, pids_with_env
-from deploy.environments.hadoop import HadoopCluster, HadoopError
+from deploy.environments.hadoop.cluster import HadoopCluster, HadoopError
 from deploy.errors import JobError
 from waiting import wait_for
 from wheels import make_wheel
@@ -378,7 +378,7 @@ def test_hdfs_store_uris_errors_and_conf_dir(hadoop_cluster, hdfs_store, monkeyp
 
 
 def test_hadoop_conf_reads_ha_pairs(tmp_path):
-    from deploy import hadoop_conf
+    from deploy.store import hadoop_conf
     from infra.hadoop_cluster import site_xml
     (tmp_path / "core-site.xml").write_text(site_xml({"fs.defaultFS": "hdfs://prod"}))
     (tmp_path / "hdfs-site.xml").write_text(site_xml({

@@ -21,7 +21,7 @@ def test_import_deploy_is_light():
 
 
 def test_worker_imports_no_client_libraries():
-    assert loaded_after("import deploy.worker") == set()
+    assert loaded_after("import deploy.worker.loop") == set()
 
 
 def test_environment_classes_load_without_heavy_libraries():

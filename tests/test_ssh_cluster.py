@@ -20,7 +20,7 @@ import pytest
 
 import deploy
 from conftest import ROOT, registry_bytes, run_python
-from deploy.environments.ssh import HostError, SshCluster
+from deploy.environments.ssh.cluster import HostError, SshCluster
 from waiting import wait_for
 from wheels import make_wheel
 
@@ -268,9 +268,9 @@ def test_a_host_without_sftp_runs_jobs_and_local_wheels(cluster, ssh_hosts, tmp_
 
 def test_a_damaged_transfer_is_never_unpacked(ssh_hosts):
     import hashlib
-    from deploy.environments.ssh_connect import connect, resolve, run
-    from deploy.environments.ssh_runtime import _RECEIVE, _python_script, ship
-    from deploy.runtime import runtime_bundle
+    from deploy.environments.ssh.connect import connect, resolve, run
+    from deploy.environments.ssh.runtime import _RECEIVE, _python_script, ship
+    from deploy.environments.bundles import runtime_bundle
     bundle = runtime_bundle()
     root = f"{ssh_hosts[2].home}/damaged-{os.getpid()}"
     receive = _python_script("python3", _RECEIVE, f"{root}/runtime/{bundle.digest}", str(len(bundle.data)),
@@ -285,7 +285,7 @@ def test_a_damaged_transfer_is_never_unpacked(ssh_hosts):
             assert not os.path.exists(f"{root}/runtime") or not os.listdir(f"{root}/runtime")
         final = ship(client, "host3", bundle, root, "python3")
         assert sorted(os.listdir(f"{root}/runtime")) == [bundle.digest]
-        assert os.path.isfile(f"{final}/deploy/worker.py") and os.path.isfile(f"{final}/.complete")
+        assert os.path.isfile(f"{final}/deploy/worker/loop.py") and os.path.isfile(f"{final}/.complete")
         assert ship(client, "host3", bundle, root, "python3") == final     # again: kept, no leftovers
         assert sorted(os.listdir(f"{root}/runtime")) == [bundle.digest]
     finally:

@@ -17,7 +17,7 @@ import deploy
 from conftest import run_python
 from deploy.environment import LocalAsync
 from deploy.environments import by_value
-from deploy.jobs import source
+from deploy.jobdir import source
 from deploy.map_job import pickled_size
 
 MODULE = textwrap.dedent("""\
@@ -154,7 +154,7 @@ def test_source_is_shipped_once_per_file_and_capped(tmp_path, monkeypatch):
 def test_ssh_hosts_without_the_file_show_its_source(ssh_hosts, tmp_path, monkeypatch):
     """The module lives under this test's private tmp dir, which the hosts' users cannot
     read: the lines in the traceback can only have come with the pickle."""
-    from deploy.environments.ssh import SshCluster
+    from deploy.environments.ssh.cluster import SshCluster
     path = write_module(tmp_path, "userland_ssh")
     monkeypatch.syspath_prepend(os.path.dirname(path))
     import userland_ssh

@@ -16,8 +16,8 @@ from .base import Environment, Launch
 KINDS = {
     "local": "deploy.environments.local:Local",
     "local-async": "deploy.environments.local:LocalAsync",
-    "ssh": "deploy.environments.ssh:SshCluster",
-    "hadoop": "deploy.environments.hadoop:HadoopCluster",
+    "ssh": "deploy.environments.ssh.cluster:SshCluster",
+    "hadoop": "deploy.environments.hadoop.cluster:HadoopCluster",
 }
 # what users may type for a kind
 ALIASES = {"Local": "local", "LocalAsync": "local-async"}

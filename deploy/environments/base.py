@@ -7,7 +7,7 @@ import dataclasses
 import re
 from typing import Any, Callable
 
-from ..jobs.spec import JobSpec
+from ..jobdir.spec import JobSpec
 from ..store import Storage
 
 NAME_PATTERN = re.compile(r"^[A-Za-z0-9_.-]+$")
@@ -79,7 +79,7 @@ class Environment(abc.ABC):
         """Pickle a job's function for the workers (keeping its source for tracebacks).
         Backends whose hosts lack the caller's modules override this to send those modules
         by value."""
-        from ..jobs import source
+        from ..jobdir import source
         return source.dumps(fn)
 
     # -- data -------------------------------------------------------------------------

@@ -48,7 +48,7 @@ def dumps(fn: Callable) -> bytes:
     text, so that tracebacks on hosts without the files still show the lines)."""
     import cloudpickle
 
-    from ..jobs import source
+    from ..jobdir import source
     already = cloudpickle.list_registry_pickle_by_value()
     added = []
     try:

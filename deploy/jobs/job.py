@@ -13,12 +13,13 @@ import time
 from typing import TYPE_CHECKING, Any, Callable
 
 from ..errors import JobError
-from ..store import Storage, layout
+from ..store import Storage
+from ..jobdir import layout
 from . import metrics
-from .results import C_CANCELED, C_FAILED, C_OK, STATUS, ChunkResult, unfinished
-from .runner import HOST
-from ..processes import process_alive
-from .spec import JobSpec, task_index
+from ..jobdir.results import C_CANCELED, C_FAILED, C_OK, STATUS, ChunkResult, unfinished
+from ..worker.runner import HOST
+from ..worker.processes import process_alive
+from ..jobdir.spec import JobSpec, task_index
 
 if TYPE_CHECKING:
     import pandas

@@ -5,9 +5,10 @@ import hashlib
 import time
 from typing import Any, Iterator
 
-from ..store import Storage, layout
-from . import runner
-from .spec import JobSpec
+from ..store import Storage
+from ..jobdir import layout
+from ..worker import runner
+from ..jobdir.spec import JobSpec
 
 
 def read_chunk_log(store: Storage, chunk: int) -> list[tuple[int, int, bytes]]:

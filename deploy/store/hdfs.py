@@ -23,7 +23,7 @@ import posixpath
 import uuid
 from typing import Any, Callable
 
-from .. import hadoop_conf
+from . import hadoop_conf
 from .base import Storage, StorageError
 from .retrying import mark
 

@@ -16,12 +16,13 @@ import tempfile
 import time
 from typing import Callable
 
-from deploy.jobs import executor as ex
-from deploy.jobs import runner
-from deploy.jobs.results import C_FAILED, C_OK, ChunkResult, PackedResult, canceled
-from deploy.jobs.spec import JobSpec
-from deploy.processes import process_alive
-from deploy.store import Storage, layout, open_store
+from deploy.worker import executor as ex
+from deploy.worker import runner
+from deploy.jobdir.results import C_FAILED, C_OK, ChunkResult, PackedResult, canceled
+from deploy.jobdir.spec import JobSpec
+from deploy.worker.processes import process_alive
+from deploy.store import Storage, open_store
+from deploy.jobdir import layout
 
 DONE = "done"
 

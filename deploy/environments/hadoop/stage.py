@@ -15,8 +15,8 @@ import json
 import os
 from typing import Any
 
-from ..runtime import libs_bundle, runtime_bundle, wheel_files
-from ..store.hdfs import HdfsStorage
+from ..bundles import libs_bundle, runtime_bundle, wheel_files
+from ...store.hdfs import HdfsStorage
 
 WORKER_NEEDS = ("hdfs", "requests")     # what the workers' store imports
 

@@ -36,7 +36,7 @@ def start_worker(worker_args: list[str], env: dict[str, str], log_path: str,
         for sig in (signal.SIGTERM, signal.SIGHUP, signal.SIGINT):
             signal.signal(sig, signal.SIG_DFL)
         os.environ.update(env)
-        from deploy import worker
+        from deploy.worker import loop as worker
         code = worker.main(list(worker_args)) or 0
     except SystemExit as exc:
         code = exc.code if isinstance(exc.code, int) else 1

@@ -3,8 +3,8 @@
     lab = deploy.ssh_cluster.create('lab', hosts=['alice@gpu1', 'gpu2:2222', '10.0.0.7'])
     job = deploy.map_job.create(add, params, environment=lab)     # or environment='lab'
 
-Each host gets its runtime prepared once (ssh_runtime) and, per client process, an agent
-(ssh_agent, reached through ssh_session) that forks each job's worker loop into a process
+Each host gets its runtime prepared once (runtime) and, per client process, an agent
+(agent, reached through session) that forks each job's worker loop into a process
 group of its own. The job directory stays on the client and is relayed over the agent's
 SSH channel (store=None), or lives in a shared store (`store='s3://bucket/prefix'` or a
 path every host sees) that workers use directly, so that the job survives the client.
@@ -22,14 +22,14 @@ import threading
 import time
 from typing import Any, Callable
 
-from ..processes import process_alive
-from ..store import Storage, open_store
-from ..store.local import home_job_store
-from . import by_value
-from .base import Environment, Launch
-from .ssh_connect import DEFAULT_CONFIG, POLICIES, HostError, HostSpec, connect, resolve, run
-from .ssh_runtime import DEFAULT_ROOT, HostRuntime, Options, prepare, python_command
-from .ssh_session import AgentSession
+from ...worker.processes import process_alive
+from ...store import Storage, open_store
+from ...store.local import home_job_store
+from .. import by_value
+from ..base import Environment, Launch
+from .connect import DEFAULT_CONFIG, POLICIES, HostError, HostSpec, connect, resolve, run
+from .runtime import DEFAULT_ROOT, HostRuntime, Options, prepare, python_command
+from .session import AgentSession
 
 # variables the workers get from the client for an S3 store (configuration, not secrets;
 # credentials are forwarded only when named in forward_env=)
@@ -280,7 +280,7 @@ class SshCluster(Environment):
             if host.session is None or not host.session.usable():
                 rt = host.runtime
                 preload = " boto3" if "boto3" in self._options().needs else ""
-                command = rt.command(f"-m deploy.environments.ssh_agent serve --log "
+                command = rt.command(f"-m deploy.environments.ssh.agent serve --log "
                                      f"{shlex.quote(rt.root + '/agent.log')} --preload{preload}", host.label)
                 host.session = AgentSession(host, command, self.timeout, self._changed)
             return host.session
@@ -332,10 +332,10 @@ class SshCluster(Environment):
         return rc, out
 
     def _agent(self, entry: dict[str, Any], action: str) -> str | None:
-        """`ssh_agent kill|alive` on the entry's worker groups; its stdout, None if unreachable."""
+        """`agent kill|alive` on the entry's worker groups; its stdout, None if unreachable."""
         groups = [f"{g}:{started}" for g, started in entry.get("groups", [])]
         done = self._run_for(entry, python_command(entry["root"], entry["pythonpath"], entry["python"],
-                                                   f"-m deploy.environments.ssh_agent {action} "
+                                                   f"-m deploy.environments.ssh.agent {action} "
                                                    + " ".join(groups)))
         return done[1] if done and done[0] == 0 else None
 
@@ -399,7 +399,7 @@ def create(name: str, hosts: list[str] | str, key_filename: str | list[str] | No
 
 def load(name: str) -> SshCluster:
     """The saved SSH cluster `name` (connects lazily, when first used)."""
-    from .registry import environments
+    from ..registry import environments
     return environments.load(name, SshCluster)
 
 

@@ -30,9 +30,9 @@ import shlex
 import sys
 from typing import Any, Iterable
 
-from ..runtime import Bundle, libs_bundle, runtime_bundle, wheels_bundle
-from ..runtime import wheel_files as _wheel_files
-from .ssh_connect import HostError, ended, run
+from ..bundles import Bundle, libs_bundle, runtime_bundle, wheels_bundle
+from ..bundles import wheel_files as _wheel_files
+from .connect import HostError, ended, run
 
 MIN_PYTHON = (3, 10)
 DEFAULT_ROOT = "~/.deploy/remote"

@@ -5,7 +5,7 @@ plain Python 3 syntax: an old interpreter gets a clear message, not a SyntaxErro
     python -c 'import base64,sys;exec(base64.b64decode(sys.argv[1]))' <this, base64> <config, base64 JSON>
 It downloads the runtime tarballs through WebHDFS (any NameNode of an HA pair), unpacks them
 into the container's working directory (YARN removes it afterwards), puts them on
-PYTHONPATH and runs deploy.environments.hadoop_container.main(config).
+PYTHONPATH and runs deploy.environments.hadoop.container.main(config).
 """
 import base64
 import importlib.util
@@ -67,7 +67,7 @@ def main():
         sys.path.insert(len(paths) - 1, paths[-1])
     before = [p for p in os.environ.get("PYTHONPATH", "").split(os.pathsep) if p]
     os.environ["PYTHONPATH"] = os.pathsep.join(paths + before)
-    from deploy.environments.hadoop_container import main as run
+    from deploy.environments.hadoop.container import main as run
     sys.exit(run(config))
 
 

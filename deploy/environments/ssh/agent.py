@@ -1,15 +1,15 @@
 """The host's side of SshCluster, run through SSH with the shipped runtime on PYTHONPATH.
 
-    python -m deploy.environments.ssh_agent serve --log FILE [--preload MODULE...]
+    python -m deploy.environments.ssh.agent serve --log FILE [--preload MODULE...]
         the per-connection agent: imports the worker once, then for each job the client
         asks for forks the worker loop (warm, no interpreter start) into a session of its
         own, and relays relayed jobs' store requests over its stdin/stdout. When the client
         goes, it stops the relayed jobs' workers (they need the client) and exits; workers
         of jobs in a shared store run on.
-    python -m deploy.environments.ssh_agent kill PGID:START...
+    python -m deploy.environments.ssh.agent kill PGID:START...
         SIGTERM the workers' process groups (as `serve` reported them: a group whose pid
         was reused since is left alone), SIGKILL what is left after a grace period.
-    python -m deploy.environments.ssh_agent alive PGID:START...
+    python -m deploy.environments.ssh.agent alive PGID:START...
         prints the JSON list of those groups that still have a live process.
 
 Protocol of `serve` (frames as in deploy.store.relay): b"C" + JSON is a control message
@@ -30,10 +30,11 @@ import signal
 import sys
 import time
 
-from ..store import layout, open_store
-from ..store.relay import SOCKET_ENV, FrameBuffer, frame, tag, untag
-from ..store.relay_hub import RelayHub
-from ..worker_process import start_worker
+from ...jobdir import layout
+from ...store import open_store
+from ...store.relay import SOCKET_ENV, FrameBuffer, frame, tag, untag
+from ...store.relay_hub import RelayHub
+from ...worker.spawn import start_worker
 
 CONTROL, RELAY = b"C", b"R"
 
@@ -272,7 +273,7 @@ def serve(log: str, preload: list[str]) -> int:
     os.dup2(2, 1)                    # strays must never reach the protocol stream
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
     signal.signal(signal.SIGHUP, lambda *_: sys.exit(129))
-    import deploy.worker  # noqa: F401  (forked workers start warm)
+    import deploy.worker.loop  # noqa: F401  (forked workers start warm)
     for module in preload:
         try:
             importlib.import_module(module)
@@ -293,7 +294,7 @@ def serve(log: str, preload: list[str]) -> int:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m deploy.environments.ssh_agent")
+    parser = argparse.ArgumentParser(prog="python -m deploy.environments.ssh.agent")
     sub = parser.add_subparsers(dest="command", required=True)
     p = sub.add_parser("serve")
     p.add_argument("--log", required=True, help="file for the agent's own stray output")

@@ -13,11 +13,11 @@ import time
 from pathlib import Path
 from typing import Any
 
-from ..store import StorageError
+from ...store import StorageError
 from . import distributed_shell as ds
-from . import hadoop_bootstrap
-from .hadoop_connect import Cluster, Facts, HadoopError
-from .hadoop_stage import WORKER_NEEDS
+from . import bootstrap as hadoop_bootstrap
+from .connect import Cluster, Facts, HadoopError
+from .stage import WORKER_NEEDS
 from .yarn import FINAL_STATES, ResourceManager, YarnError
 
 STAGING = "staging"          # <dist_path>/staging/<app id>/: the AM's files, removed when it ends

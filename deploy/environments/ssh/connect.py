@@ -17,7 +17,7 @@ import socket
 import threading
 from typing import Any
 
-from ..errors import DeployError
+from ...errors import DeployError
 
 POLICIES = ("reject", "accept-new")
 DEFAULT_CONFIG = "~/.ssh/config"

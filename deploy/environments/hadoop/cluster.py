@@ -7,9 +7,9 @@ from the client (WebHDFS and the ResourceManager REST API: no Java, no Hadoop in
 
 Each job is one YARN application whose ApplicationMaster is Hadoop's DistributedShell: it
 starts `num_containers` containers of `container_size` MB and `num_vcores` cores, each
-running hadoop_bootstrap (which fetches the runtime from HDFS) and then the worker loop on
-the job directory, `<dist_path>/jobs/<job id>`. The pieces: hadoop_connect (addresses and
-checks), hadoop_stage (files on HDFS), hadoop_app (the application), hadoop_logs. The README's
+running `bootstrap` (which fetches the runtime from HDFS) and then the worker loop on
+the job directory, `<dist_path>/jobs/<job id>`. The other pieces of this folder: `connect`
+(addresses and checks), `stage` (files on HDFS), `app` (the application), `logs`. The README's
 Hadoop section explains the design and the one-time set-up of a cluster.
 """
 from __future__ import annotations
@@ -19,12 +19,13 @@ import sys
 import time
 from typing import Any, Callable
 
-from .. import hadoop_conf
-from ..store import StorageError
-from ..store.hdfs import HdfsStorage
-from . import by_value, hadoop_app, hadoop_connect, hadoop_logs, hadoop_stage
-from .base import Environment, Launch
-from .hadoop_connect import Cluster, HadoopError
+from ...store import hadoop_conf
+from ...store import StorageError
+from ...store.hdfs import HdfsStorage
+from .. import by_value
+from . import app as hadoop_app, connect as hadoop_connect, logs as hadoop_logs, stage as hadoop_stage
+from ..base import Environment, Launch
+from .connect import Cluster, HadoopError
 from .yarn import LIVE_STATES, YarnError
 
 PACKAGES_TIMEOUT = 1800.0     # seconds a pip install on the cluster may take
@@ -281,7 +282,7 @@ def create(name: str, dist_path: str, hadoop_conf_dir: str | None = None,
 
 def load(name: str) -> HadoopCluster:
     """The saved Hadoop cluster `name` (it connects when first used)."""
-    from .registry import environments
+    from ..registry import environments
     return environments.load(name, HadoopCluster)
 
 

@@ -10,7 +10,8 @@ from __future__ import annotations
 import json
 from typing import Any
 
-from ..store import Storage, layout
+from ...store import Storage
+from ...jobdir import layout
 from .yarn import ResourceManager, YarnError
 
 

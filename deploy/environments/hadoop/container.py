@@ -1,4 +1,4 @@
-"""What a YARN container runs once hadoop_bootstrap has unpacked the runtime.
+"""What a YARN container runs once bootstrap has unpacked the runtime.
 
 mode "worker": note the container in the job directory (containers/<container id>: node,
 log address, and at the end its exit code with the tail of its stderr), then run
@@ -56,7 +56,8 @@ def _worker_env() -> dict[str, str]:
 
 def run_worker(config: dict[str, Any]) -> int:
     """Run the worker loop on the job; record the container before and after."""
-    from ..store import layout, open_store
+    from ...jobdir import layout
+    from ...store import open_store
     store = open_store(config["store"])
     container = os.environ.get("CONTAINER_ID") or host_label()
     node = os.environ.get("NM_HOST") or socket.gethostname()
@@ -92,7 +93,7 @@ def _tar_dir(folder: str) -> bytes:
 
 def build_packages(config: dict[str, Any]) -> int:
     """pip install --target ./site, then publish site as config['target'] (and the log)."""
-    from ..store import open_store
+    from ...store import open_store
     root = open_store(config["dist"])
     requirements = []
     for item in config["install"]:
@@ -119,7 +120,7 @@ def build_packages(config: dict[str, Any]) -> int:
 
 
 def main(config: dict[str, Any]) -> int:
-    """Entry point from hadoop_bootstrap, by mode."""
+    """Entry point from bootstrap, by mode."""
     if config.get("mode") == "packages":
         return build_packages(config)
     return run_worker(config)

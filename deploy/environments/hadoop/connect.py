@@ -9,10 +9,10 @@ from __future__ import annotations
 import dataclasses
 import time
 
-from .. import hadoop_conf
-from ..errors import DeployError
-from ..store import StorageError
-from ..store.hdfs import HdfsStorage, default_user, make_uri
+from ...store import hadoop_conf
+from ...errors import DeployError
+from ...store import StorageError
+from ...store.hdfs import HdfsStorage, default_user, make_uri
 from .distributed_shell import DEFAULT_CLASSPATH
 from .yarn import ResourceManager, YarnError
 

@@ -16,7 +16,7 @@ import sys
 import time
 from typing import Any, Callable, Sequence
 
-from .results import C_FAILED, C_OK, ChunkResult
+from ..jobdir.results import C_FAILED, C_OK, ChunkResult
 
 LOG_MARK = b"\x1e"   # a log line starting with this names the task whose output follows
 HOST = os.environ.get("DEPLOY_HOST_LABEL") or os.uname().nodename

@@ -1,4 +1,4 @@
-"""The client's end of a host's agent (deploy.environments.ssh_agent serve).
+"""The client's end of a host's agent (deploy.environments.ssh.agent serve).
 
 One SSH channel per host and client process carries both the control requests (start a
 job's workers) and, for relayed jobs, the workers' store requests, which a reader thread
@@ -12,11 +12,11 @@ import socket
 import threading
 from typing import Any, Callable
 
-from ..store import Storage
-from ..store import layout
-from ..store.relay import CREATE, ERROR, PUT, FrameBuffer, answer, frame, reply, swap_id, tag, untag, verb_and_path
-from .ssh_agent import CONTROL, RELAY
-from .ssh_connect import HostError
+from ...store import Storage
+from ...jobdir import layout
+from ...store.relay import CREATE, ERROR, PUT, FrameBuffer, answer, frame, reply, swap_id, tag, untag, verb_and_path
+from .agent import CONTROL, RELAY
+from .connect import HostError
 
 
 class AgentSession:

@@ -20,7 +20,7 @@ import time
 from typing import Any, Callable
 
 from . import descendants, runner
-from .results import C_FAILED, ChunkResult, PackedResult, canceled
+from ..jobdir.results import C_FAILED, ChunkResult, PackedResult, canceled
 from ..store.local import create_file_exclusive
 from .runner import Batch, Slot
 

@@ -6,10 +6,10 @@ import select
 import time
 from typing import Any, Callable
 
-from ..jobs.runner import HOST
-from ..processes import process_alive, stop_process_groups, wait_gone
-from ..store.local import LocalStorage, home_job_store
-from .base import Environment, Launch
+from ...worker.runner import HOST
+from ...worker.processes import process_alive, stop_process_groups, wait_gone
+from ...store.local import LocalStorage, home_job_store
+from ..base import Environment, Launch
 
 
 def _positive_int(value: Any, what: str) -> int:
@@ -39,7 +39,7 @@ class Local(Environment):
         return home_job_store(job_id)
 
     def launch(self, launch: Launch) -> dict[str, Any]:
-        from ..worker import Worker
+        from ...worker.loop import Worker
         Worker(launch.store, launch.spec, launch.functions, inline=True).run()
         return {}
 
@@ -83,7 +83,7 @@ class LocalAsync(Environment):
         writes the job directory, and begin when it is written. If writing fails, they
         exit, and this returns (raising) only once they are gone, so the caller can remove
         the job directory with nothing left to write into it."""
-        from ..worker import reap_detached, start_workers
+        from ...worker.loop import reap_detached, start_workers
         err = launch.store.local_path("workers.err")
         os.makedirs(os.path.dirname(err), mode=0o700, exist_ok=True)
         err_fd = os.open(err, os.O_WRONLY | os.O_CREAT | os.O_APPEND | os.O_CLOEXEC, 0o600)
@@ -132,7 +132,7 @@ class LocalAsync(Environment):
         return f"the workers wrote:\n{tail}" if tail else None
 
     def alive(self, handle: dict[str, Any]) -> bool | None:
-        from ..worker import reap_detached
+        from ...worker.loop import reap_detached
         reap_detached()                 # a status check is as good a time as any
         if handle.get("host") != HOST:
             return None
@@ -145,7 +145,7 @@ class LocalAsync(Environment):
     def wait_for_change(self, handle: dict[str, Any], timeout: float) -> None:
         """Return when a worker publishes a result (workers this process started tell it
         through their wake pipe) or exits, or at timeout."""
-        from ..worker import reap_detached
+        from ...worker.loop import reap_detached
         reap_detached()
         pids = handle.get("pids", []) if handle.get("host") == HOST else []
         waker = _wakers.get(tuple(pids))
