@@ -32,7 +32,7 @@ sys.path.insert(0, ROOT)
 sys.path.insert(0, os.path.join(ROOT, "tests"))
 
 import deploy  # noqa: E402
-from deploy.environments.ssh import SshCluster  # noqa: E402
+from deploy.environments.ssh.cluster import SshCluster  # noqa: E402
 
 CORES = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
 TICK = os.sysconf("SC_CLK_TCK")

@@ -139,8 +139,9 @@ def timeline(n: int, reps: int) -> None:
     The wrappers are installed in the client before the workers fork, so the workers run
     them too; each process appends `pid label time` lines to one file (O_APPEND)."""
     import deploy
-    from deploy import map_job, worker
-    from deploy.jobs import executor, runner
+    from deploy import map_job
+    from deploy.worker import loop as worker
+    from deploy.worker import executor, runner
     os.makedirs(OUT, exist_ok=True)
     path = os.path.join(OUT, "timeline.txt")
     fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_APPEND, 0o600)
@@ -236,8 +237,8 @@ def pertask(n: int) -> None:
     import mmap
     import pickle
     import timeit
-    from deploy.jobs import runner
-    from deploy.jobs.results import ChunkResult
+    from deploy.worker import runner
+    from deploy.jobdir.results import ChunkResult
     items = list(range(n))
     raw = pickle.dumps(items, protocol=pickle.HIGHEST_PROTOCOL)
     batch = runner.Batch.from_inputs(raw, 0, 1, 1)
