@@ -150,7 +150,7 @@ def cmd_run(args: argparse.Namespace) -> int:
             raise UsageError(str(exc)) from None
         except (ValueError, TypeError, ImportError) as exc:     # a saved entry it cannot rebuild
             raise UsageError(f"cannot use environment {args.env!r}: {exc}") from None
-        if args.detach and getattr(env, "needs_client", False):
+        if args.detach and env.needs_client:
             raise UsageError(f"environment {args.env!r} relays its jobs through this process, which "
                              "--detach would end: give it a shared store (or do not detach)")
     options = {k: v for k, v in (("max_retries", args.max_retries), ("task_timeout", args.task_timeout),
@@ -262,50 +262,9 @@ def cmd_envs(args: argparse.Namespace) -> int:
 
 
 def cmd_envs_create(args: argparse.Namespace) -> int:
-    from .environments.local import Local, LocalAsync
+    """Save the environment a backend's `deploy envs create KIND` parser describes."""
     try:
-        env = Local(args.name) if args.kind == "local" else LocalAsync(args.name, num_workers=args.workers)
-    except ValueError as exc:
-        raise UsageError(str(exc)) from None
-    env.save()
-    print(f"saved {env!r}")
-    return EXIT_OK
-
-
-def cmd_envs_create_ssh(args: argparse.Namespace) -> int:
-    import deploy
-    options = {"pip_options": args.pip_option, "forward_env": args.forward_env}
-    if args.ssh_config:
-        options["ssh_config"] = args.ssh_config
-    if args.known_hosts:
-        options["known_hosts"] = args.known_hosts
-    if args.python:
-        options["python"] = args.python
-    try:
-        env = deploy.ssh_cluster.create(
-            args.name, args.host, key_filename=args.key, workers_per_host=args.workers_per_host,
-            additional_packages=args.package, store=args.store,
-            host_key_policy="accept-new" if args.accept_new_host_keys else "reject", **options)
-    except (TypeError, ValueError) as exc:
-        raise UsageError(str(exc)) from None
-    print(f"saved {env!r}: {env.num_workers()} workers")
-    return EXIT_OK
-
-
-def cmd_envs_create_hadoop(args: argparse.Namespace) -> int:
-    import deploy
-    options = {"pip_options": args.pip_option}
-    for key in ("hadoop_conf_dir", "webhdfs_url", "resourcemanager_url", "user", "queue",
-                "python", "python_env", "distributed_shell_jar"):
-        if getattr(args, key):
-            options[key] = getattr(args, key)
-    for key, value in (("num_containers", args.containers), ("container_size", args.container_size),
-                       ("num_vcores", args.vcores)):
-        if value is not None:
-            options[key] = value
-    try:
-        env = deploy.hadoop_cluster.create(args.name, dist_path=args.dist_path,
-                                           additional_packages=args.package, **options)
+        env = args.create(args)
     except (TypeError, ValueError) as exc:
         raise UsageError(str(exc)) from None
     print(f"saved {env!r}: {env.num_workers()} workers")
@@ -359,57 +318,32 @@ def build_parser() -> argparse.ArgumentParser:
         p.set_defaults(handler=cmd_envs)
     create = envs_sub.add_parser("create", help="save a new environment")
     kinds = create.add_subparsers(dest="kind", required=True, parser_class=_Parser)
-    for kind in ("local", "local-async"):
-        k = kinds.add_parser(kind)
-        k.add_argument("name")
-        if kind == "local-async":
-            k.add_argument("--workers", type=int, help="worker processes (default: one per core)")
-        k.set_defaults(handler=cmd_envs_create)
-    ssh = kinds.add_parser("ssh", help="machines reachable by SSH")
-    ssh.add_argument("name")
-    ssh.add_argument("--host", action="append", required=True,
-                     help="[user@]host[:port] or an ~/.ssh/config alias; repeat for each host")
-    ssh.add_argument("--key", help="private key file (default: ssh config, ssh-agent, ~/.ssh/id_*)")
-    ssh.add_argument("--workers-per-host", type=int, help="default: each host's core count")
-    ssh.add_argument("--package", action="append", default=[],
-                     help="pip requirement or local wheel for the hosts' venv; repeatable")
-    ssh.add_argument("--pip-option", action="append", default=[],
-                     help="option for pip install on the hosts, e.g. --pip-option=--no-index")
-    ssh.add_argument("--store", help="shared job store (s3://bucket/prefix or a path all hosts "
-                                     "see); default: relayed from this machine")
-    ssh.add_argument("--accept-new-host-keys", action="store_true",
-                     help="record the keys of hosts not in known_hosts (never changed keys)")
-    ssh.add_argument("--ssh-config", help="ssh config file (default: ~/.ssh/config)")
-    ssh.add_argument("--known-hosts", help="known_hosts file (default: from the ssh config)")
-    ssh.add_argument("--python", help="Python on the hosts (default: python3)")
-    ssh.add_argument("--forward-env", action="append", default=[],
-                     help="environment variable to pass from here to the workers; repeatable")
-    ssh.set_defaults(handler=cmd_envs_create_ssh)
-    hadoop = kinds.add_parser("hadoop", help="YARN containers, the job directory on HDFS")
-    hadoop.add_argument("name")
-    hadoop.add_argument("--dist-path", required=True,
-                        help="HDFS directory for jobs and the runtime, e.g. hdfs:///user/me/deploy")
-    hadoop.add_argument("--hadoop-conf-dir", help="directory of core-/hdfs-/yarn-site.xml "
-                                                  "(default: $HADOOP_CONF_DIR)")
-    hadoop.add_argument("--webhdfs-url", help="NameNode web address(es), http://host:9870[,...]")
-    hadoop.add_argument("--resourcemanager-url", help="ResourceManager web address(es), "
-                                                      "http://host:8088[,...]")
-    hadoop.add_argument("--user", help="Hadoop user (default: $HADOOP_USER_NAME or the login)")
-    hadoop.add_argument("--containers", type=int, help="YARN containers per job (default: 2)")
-    hadoop.add_argument("--container-size", type=int, help="MB per container (default: 2048)")
-    hadoop.add_argument("--vcores", type=int, help="cores (and workers) per container (default: 1)")
-    hadoop.add_argument("--queue", help="YARN queue (default: the cluster's)")
-    hadoop.add_argument("--python", help="Python on every node (default: python3)")
-    hadoop.add_argument("--python-env", help="packed environment archive (.tar.gz), local or hdfs://")
-    hadoop.add_argument("--distributed-shell-jar", help="DistributedShell jar, local or hdfs:// "
-                                                        "(default: the nodes' own)")
-    hadoop.add_argument("--package", action="append", default=[],
-                        help="pip requirement or local wheel to install for the workers; repeatable")
-    hadoop.add_argument("--pip-option", action="append", default=[],
-                        help="option for that pip install, e.g. --pip-option=--no-index")
-    hadoop.set_defaults(handler=cmd_envs_create_hadoop)
+    _add_backend_parsers(kinds)
     envs.set_defaults(handler=cmd_envs, rest=[])
     return parser
+
+
+def _add_backend_parsers(kinds: Any) -> None:
+    """`deploy envs create KIND`: each backend folder's `cli` module adds its own parsers
+    (`add_parsers(kinds)`; each parser sets `create=` to a function of the parsed
+    arguments that saves the environment and returns it), so a new backend needs no change
+    here."""
+    from .environments.kinds import backend_package, kinds as known
+    done = set()
+    for kind in known():
+        package = backend_package(kind)
+        if package in done:
+            continue
+        done.add(package)
+        try:
+            module = importlib.import_module(f"{package}.cli")
+        except ModuleNotFoundError as exc:
+            if exc.name != f"{package}.cli":
+                raise
+            continue                    # a backend without a command line
+        module.add_parsers(kinds)
+    for parser in kinds.choices.values():
+        parser.set_defaults(handler=cmd_envs_create)
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -1,9 +1,9 @@
 """map_job.create(): validate, build the spec, write the job directory, launch workers."""
 from __future__ import annotations
 
+import functools
 import inspect
 import itertools
-import json
 import pickle
 import time
 import uuid
@@ -11,8 +11,9 @@ from collections.abc import Iterable, Mapping
 from typing import Any, Callable
 
 from . import config
-from .environments.base import Environment, Launch
+from .environments.base import Environment
 from .jobdir import spec as specs
+from .jobs import launch
 from .jobs.job import Job
 from .jobs.registry import jobs as job_registry
 from .jobdir import layout
@@ -265,7 +266,8 @@ def submit(function: Callable, items: Iterable[Any], call_style: str, *, name: s
     stored = function_blob is not None and (combiner_function is None or combiner_blob is not None)
 
     label = specs.function_label(function)
-    workers = min(env.num_workers(), max_concurrent_tasks or env.num_workers())
+    available = env.num_workers()
+    workers = min(available, max_concurrent_tasks or available)
     bounds = None if chunk_size else specs.guided_bounds(len(params), workers)
     job_id = uuid.uuid4().hex[:16]
     store = env.job_store(job_id)
@@ -283,15 +285,14 @@ def submit(function: Callable, items: Iterable[Any], call_style: str, *, name: s
         functions = {"map": function}
         if combiner_function is not None:
             functions["combine"] = combiner_function
-        handle = env.start(Launch(store, spec, functions, min(workers, spec.chunk_count)),
-                           lambda: write_job(store, spec, params, function_blob, combiner_blob))
-        store.put(layout.LAUNCH, json.dumps({"environment": env.to_dict(), "handle": handle,
-                                             "time": time.time()}).encode())
+        launch.start(env, store, spec, functions, launch.worker_count(available, spec, spec.chunk_count),
+                     lambda: write_job(store, spec, params, function_blob, combiner_blob))
     except BaseException:
         store.delete("")
         job_registry.forget(name)
         raise
-    return Job(store, name=name, environment=env, spec=spec)
+    return Job(store, name=name, environment=env, spec=spec,
+               on_final=functools.partial(job_registry.set_final_status, name))
 
 
 def write_job(store: Any, spec: specs.JobSpec, params: list, function_blob: bytes | None,

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import abc
 import dataclasses
+import inspect
 import re
 from typing import Any, Callable
 
@@ -35,7 +36,27 @@ class Environment(abc.ABC):
             raise ValueError(f"bad environment name {name!r}: use letters, digits, '_', '-', '.'")
         self.name = name
 
-    # -- the contract -------------------------------------------------------------------
+    # -- the contract: everything the core calls -------------------------------------------
+
+    @classmethod
+    def from_settings(cls, name: str, settings: dict[str, Any]) -> "Environment":
+        """Rebuild the environment `settings()` described (registry, job directories): its
+        keys are the constructor's keyword arguments; keys it does not take (written by
+        another version of deploy) are left out."""
+        known = inspect.signature(cls.__init__).parameters
+        return cls(name, **{k: v for k, v in settings.items() if k in known and k != "name"})
+
+    @classmethod
+    def default(cls) -> "Environment | None":
+        """The environment a bare kind name means (`environment='LocalAsync'`), or None
+        when the kind cannot run without settings."""
+        return None
+
+    @property
+    def needs_client(self) -> bool:
+        """Whether a job's results come back through the process that created it (so the
+        job cannot outlive it: `deploy run --detach` refuses such an environment)."""
+        return False
 
     @abc.abstractmethod
     def num_workers(self) -> int:

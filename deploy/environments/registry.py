@@ -7,11 +7,11 @@ from typing import TYPE_CHECKING
 
 from .. import state
 from ..errors import EnvironmentNotFound
-from . import ALIASES, KINDS, from_dict
-from .base import Environment
+from .kinds import ALIASES, from_dict, kind_class, kinds
 
 if TYPE_CHECKING:
     import pandas
+    from .base import Environment
 
 
 class EnvironmentRegistry:
@@ -33,10 +33,10 @@ class EnvironmentRegistry:
         for row in self._rows():
             if row[0] == name:
                 return from_dict(json.loads(row[2]))
-        kind = ALIASES.get(name, name if name in KINDS else None)
-        if kind in ("local", "local-async"):
-            from . import kind_class
-            return kind_class(kind)()
+        kind = ALIASES.get(name, name if name in kinds() else None)
+        env = kind_class(kind).default() if kind else None
+        if env is not None:
+            return env              # a kind that needs no settings, named by its kind
         known = [r[0] for r in self._rows()] + list(ALIASES)
         raise EnvironmentNotFound(f"no environment named {name!r}; known: {', '.join(known)}")
 

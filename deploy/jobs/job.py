@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING, Any, Callable
 from ..errors import JobError
 from ..store import Storage
 from ..jobdir import layout
-from . import metrics
+from . import launch, metrics
 from ..jobdir.results import C_CANCELED, C_FAILED, C_OK, STATUS, ChunkResult, unfinished
 from ..worker.runner import HOST
 from ..worker.processes import process_alive
@@ -35,8 +35,12 @@ class Job:
     """A map job: status, results in order, metrics, logs, cancel, wait, resume."""
 
     def __init__(self, store: Storage, name: str | None = None, job_id: str | None = None,
-                 environment: "Environment | None" = None, spec: JobSpec | None = None) -> None:
+                 environment: "Environment | None" = None, spec: JobSpec | None = None,
+                 on_final: Callable[[str | None], None] | None = None) -> None:
+        """`on_final(status)` hears the job's final status once (None again after resume):
+        the registry keeps it, so listing jobs need not open each one."""
         self._store = store
+        self._on_final = on_final
         self._spec = spec
         self._env = environment
         self._chunks: dict[int, ChunkResult] = {}   # published results never change: cache
@@ -77,10 +81,7 @@ class Job:
         return self._env
 
     def _launch(self) -> dict:
-        try:
-            return json.loads(self._store.get(layout.LAUNCH))
-        except (FileNotFoundError, ValueError):
-            return {}
+        return launch.read(self._store)
 
     def _chunk(self, chunk: int) -> ChunkResult | None:
         got = self._chunks.get(chunk)
@@ -187,12 +188,11 @@ class Job:
         return RUNNING if started else PENDING     # Pending: no worker has started yet
 
     def _final(self, status: str) -> str:
-        if not self._final_recorded and self.name:
-            from .registry import jobs
+        if not self._final_recorded and self._on_final is not None:
             try:
-                jobs.set_final_status(self.name, status)
+                self._on_final(status)
             except Exception:
-                pass
+                pass                        # a registry that cannot be written: the job still is
             self._final_recorded = True
         return status
 
@@ -433,7 +433,6 @@ class Job:
     def resume(self) -> "Job":
         """Start workers again for what did not complete (canceled, lost, never run).
         Completed tasks are kept; the job's function comes from the job directory."""
-        from ..environments.base import Launch
         spec = self.spec
         if self.get_status() in (RUNNING, PENDING):
             raise JobError(f"job {self.name!r} is still running; cancel it first or wait")
@@ -464,14 +463,11 @@ class Job:
             parsed = layout.parse_claim(name)
             if parsed and parsed[0] == spec.chunk_count:
                 self._store.delete(f"{layout.CLAIMS}/{name}")
-        from .registry import jobs
-        jobs.set_final_status(self.name, None)
+        if self._on_final is not None:
+            self._on_final(None)
         self._final_recorded = False
-        workers = min(env.num_workers(), spec.max_concurrent_tasks or env.num_workers(),
-                      max(1, len(redo)))
-        handle = env.launch(Launch(self._store, spec, None, workers))
-        self._store.put(layout.LAUNCH, json.dumps({"environment": env.to_dict(), "handle": handle,
-                                                   "time": time.time()}).encode())
+        launch.start(env, self._store, spec, None,
+                     launch.worker_count(env.num_workers(), spec, len(redo)))
         return self
 
     # -- display ----------------------------------------------------------------------

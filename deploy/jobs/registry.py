@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import fnmatch
+import functools
 import sqlite3
 import time
 from typing import TYPE_CHECKING
@@ -50,7 +51,8 @@ class JobRegistry:
     def _open(self, row: tuple) -> "Job":
         from ..store import open_store
         from .job import Job
-        return Job(open_store(row[2]), name=row[0], job_id=row[1])
+        return Job(open_store(row[2]), name=row[0], job_id=row[1],
+                   on_final=functools.partial(self.set_final_status, row[0]))
 
     def __getitem__(self, key: str | int) -> "Job":
         rows = self._rows()

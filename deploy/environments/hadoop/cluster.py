@@ -93,10 +93,6 @@ class HadoopCluster(Environment):
 
     # -- data -------------------------------------------------------------------------
 
-    @classmethod
-    def from_settings(cls, name: str, settings: dict[str, Any]) -> "HadoopCluster":
-        return cls(name, **settings)
-
     def settings(self) -> dict[str, Any]:
         """Addresses, paths and sizes: never credentials (there are none under simple auth)."""
         return {"dist_path": self.dist_path, "hadoop_conf_dir": self.hadoop_conf_dir,

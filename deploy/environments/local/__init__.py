@@ -29,8 +29,8 @@ class Local(Environment):
         super().__init__(name)
 
     @classmethod
-    def from_settings(cls, name: str, settings: dict[str, Any]) -> "Local":
-        return cls(name)
+    def default(cls) -> "Local":
+        return cls()
 
     def num_workers(self) -> int:
         return 1
@@ -63,8 +63,8 @@ class LocalAsync(Environment):
         self._num_workers = None if num_workers is None else _positive_int(num_workers, "num_workers")
 
     @classmethod
-    def from_settings(cls, name: str, settings: dict[str, Any]) -> "LocalAsync":
-        return cls(name, num_workers=settings.get("num_workers"))
+    def default(cls) -> "LocalAsync":
+        return cls()
 
     def settings(self) -> dict[str, Any]:
         return {"num_workers": self._num_workers}

@@ -12,7 +12,6 @@ path every host sees) that workers use directly, so that the job survives the cl
 from __future__ import annotations
 
 import concurrent.futures
-import inspect
 import json
 import os
 import re
@@ -124,11 +123,6 @@ class SshCluster(Environment):
         return hosts
 
     # -- data -------------------------------------------------------------------------
-
-    @classmethod
-    def from_settings(cls, name: str, settings: dict[str, Any]) -> "SshCluster":
-        known = inspect.signature(cls.__init__).parameters
-        return cls(name, **{k: v for k, v in settings.items() if k in known and k != "name"})
 
     def settings(self) -> dict[str, Any]:
         """Everything that recreates the cluster: host names, key *paths*, never key contents."""

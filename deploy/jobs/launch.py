@@ -1,0 +1,41 @@
+"""The one way a job's workers are started, for a new job (map_job.submit) and for
+resume(): the environment starts them, and launch.json records how (for alive, cancel and
+any process that reopens the job)."""
+from __future__ import annotations
+
+import json
+import time
+from typing import TYPE_CHECKING, Any, Callable
+
+from ..jobdir import layout
+from ..jobdir.spec import JobSpec
+from ..store import Storage
+
+if TYPE_CHECKING:
+    from ..environments.base import Environment
+
+
+def worker_count(available: int, spec: JobSpec, chunks: int) -> int:
+    """Workers for `chunks` chunks: no more than the environment has, the job allows
+    (max_concurrent_tasks) or there are chunks to take."""
+    return max(1, min(available, spec.max_concurrent_tasks or available, chunks))
+
+
+def start(env: "Environment", store: Storage, spec: JobSpec, functions: dict[str, Callable] | None,
+          workers: int, write: Callable[[], None] | None = None) -> dict[str, Any]:
+    """Start `workers` workers (writing the job directory first with `write`, for a new
+    job), record the handle in launch.json, and return it."""
+    from ..environments.base import Launch
+    launch = Launch(store, spec, functions, workers)
+    handle = env.start(launch, write) if write is not None else env.launch(launch)
+    store.put(layout.LAUNCH, json.dumps({"environment": env.to_dict(), "handle": handle,
+                                         "time": time.time()}).encode())
+    return handle
+
+
+def read(store: Storage) -> dict[str, Any]:
+    """launch.json ({} before the workers were started, or when it is unreadable)."""
+    try:
+        return json.loads(store.get(layout.LAUNCH))
+    except (FileNotFoundError, ValueError):
+        return {}
