@@ -217,7 +217,7 @@ def cmd_jobs(args: argparse.Namespace) -> int:
             print("\n" + error)
     elif action == "metrics":
         from .jobs.metrics import COLUMNS, to_table
-        print(to_table(job._rows() , columns=[c for c in COLUMNS if c != "exception_traceback"]))
+        print(to_table(job.metric_rows(), columns=[c for c in COLUMNS if c != "exception_traceback"]))
     elif action == "results":
         _print_results(job)
         return EXIT_OK if job.get_status() == "Completed" else EXIT_FAILED

@@ -6,7 +6,6 @@ from typing import Any, Callable, Iterable, Iterator
 
 from .errors import JobError
 from .jobs.job import FINAL, Job
-from .jobdir.results import C_OK
 
 
 def map(function: Callable, *iterables: Iterable, ordered: bool = True, stream: bool = True,
@@ -50,21 +49,16 @@ def _print_line(line: str) -> None:
 
 def _as_completed(job: Job, printer: Callable[[str], None] | None) -> Iterator:
     """Yield values chunk by chunk as chunks are published; raise at the first failure."""
-    seen: set[int] = set()
     finished = False
     try:
         while True:
             status = job.wait(timeout=0.05, stream=printer, progress=False)
-            for chunk, result in sorted(job._chunks.items()):
-                if chunk in seen:
-                    continue
-                seen.add(chunk)
-                failed = next((pos for pos, code in enumerate(result.status) if code != C_OK), None)
-                if failed is not None:
-                    error = result.errors.get(failed, ("Failed", None, None))
-                    raise JobError(f"task {job.spec.task_name(result.index[failed])} failed: "
-                                   f"{error[0]}: {error[1]}")
-                yield from result.values
+            for indices, values, failed in job.completed_chunks():
+                if failed:
+                    pos = min(failed)
+                    kind, message, _ = failed[pos]
+                    raise JobError(f"task {job.spec.task_name(indices[pos])} failed: {kind}: {message}")
+                yield from values
             if status in FINAL or status == "Unknown":
                 finished = True
                 if status not in ("Completed", "Failed"):

@@ -14,6 +14,17 @@ from ..store import Storage
 NAME_PATTERN = re.compile(r"^[A-Za-z0-9_.-]+$")
 
 
+def positive_int(value: Any, what: str, optional: bool = False) -> Any:
+    """`value` if it is a positive integer (or None, when `optional`); else ValueError
+    naming the setting: backends check their settings with it."""
+    if optional and value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+        raise ValueError(f"{what} must be a positive integer{' or None' if optional else ''}, "
+                         f"got {value!r}")
+    return value
+
+
 @dataclasses.dataclass
 class Launch:
     """What an environment gets to start workers: the written job directory, its spec, the

@@ -12,7 +12,8 @@ import array
 import operator
 from typing import Any, Callable, Iterator
 
-COMPLETED, FAILED, CANCELED = "Completed", "Failed", "Canceled"
+from .status import CANCELED, COMPLETED, FAILED
+
 C_OK, C_FAILED, C_CANCELED = ord("C"), ord("F"), ord("X")
 STATUS = {C_OK: COMPLETED, C_FAILED: FAILED, C_CANCELED: CANCELED}
 

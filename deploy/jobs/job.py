@@ -10,24 +10,22 @@ import json
 import pickle
 import sys
 import time
-from typing import TYPE_CHECKING, Any, Callable
+from typing import TYPE_CHECKING, Any, Callable, Iterator
 
 from ..errors import JobError
-from ..store import Storage
 from ..jobdir import layout
-from . import launch, metrics
 from ..jobdir.results import C_CANCELED, C_FAILED, C_OK, STATUS, ChunkResult, unfinished
-from ..worker.runner import HOST
-from ..worker.processes import process_alive
 from ..jobdir.spec import JobSpec, task_index
+from ..jobdir.status import CANCELED, COMPLETED, FAILED, FINAL, PENDING, RUNNING, UNKNOWN
+from ..store import Storage
+from ..worker.processes import process_alive
+from ..worker.runner import HOST
+from . import launch, metrics
 
 if TYPE_CHECKING:
     import pandas
     from ..environments.base import Environment
 
-PENDING, RUNNING, COMPLETED, FAILED, CANCELED, UNKNOWN = (
-    "Pending", "Running", "Completed", "Failed", "Canceled", "Unknown")
-FINAL = (COMPLETED, FAILED, CANCELED)
 TABLE_ROWS = 100            # print(job) shows every task's row up to this many tasks
 
 
@@ -51,6 +49,7 @@ class Job:
         self.id = job_id or (spec.id if spec else None)
         self._final_recorded = False
         self._looked = False
+        self._handed: set[int] = set()      # chunks completed_chunks() gave out already
 
     # -- reading the directory ----------------------------------------------------------
 
@@ -307,11 +306,33 @@ class Job:
             lines.append("  " + self._error)
         return "\n".join([head] + lines)
 
+    def metric_rows(self) -> list[dict]:
+        """What get_metrics() holds, as one dict per task (and the combiner's), without pandas."""
+        combined = self._combined_row()
+        return self._rows() + ([combined] if combined else [])
+
+    def completed_chunks(self) -> Iterator[tuple[range | Any, list, dict[int, tuple]]]:
+        """The chunks published since the last call, in task order within each: (task
+        indices, values, {position: (exception type, message, traceback)} of the tasks that
+        did not complete). For consumers of results as they come (deploy.map, executors)."""
+        self._refresh()
+        for chunk in sorted(set(self._chunks) - self._handed):
+            self._handed.add(chunk)
+            got = self._chunks[chunk]
+            failed = {pos: got.errors.get(pos, (STATUS[code], None, None))
+                      for pos, code in enumerate(got.status) if code != C_OK}
+            yield got.index, got.values, failed
+
+    def delete(self) -> None:
+        """Remove the job directory (canceling the job first if it runs); the registry
+        entry is the registry's to forget."""
+        if self.get_status() in (PENDING, RUNNING):
+            self.cancel()
+        self._store.delete("")
+
     def get_metrics(self) -> "pandas.DataFrame":
         """One row per task (and the combiner's last): status, timing, exception, host..."""
-        rows = self._rows()
-        combined = self._combined_row()
-        return metrics.to_frame(rows + ([combined] if combined else []))
+        return metrics.to_frame(self.metric_rows())
 
     def get_error(self) -> str | None:
         """What went wrong, in words (None when nothing did)."""

@@ -104,9 +104,7 @@ class JobRegistry:
         else:
             targets = [self._open(r) for r in self._rows() if fnmatch.fnmatchcase(r[0], pattern)]
         for job in targets:
-            if job.get_status() in ("Pending", "Running"):
-                job.cancel()
-            job._store.delete("")
+            job.delete()
             self.forget(job.name)
         return [j.name for j in targets]
 

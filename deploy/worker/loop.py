@@ -18,7 +18,7 @@ from typing import Callable
 
 from deploy.worker import executor as ex
 from deploy.worker import runner
-from deploy.jobdir.results import C_FAILED, C_OK, ChunkResult, PackedResult, canceled
+from deploy.jobdir.results import C_FAILED, C_OK, ChunkResult, PackedResult, canceled, unfinished
 from deploy.jobdir.spec import JobSpec
 from deploy.worker.processes import process_alive
 from deploy.store import Storage, open_store
@@ -259,12 +259,11 @@ class Worker:
     def start_chunk(self, chunk: int, attempt: int) -> tuple[int, int, str | None]:
         """Hand a chunk to the task process (or, past the retry limit, fail it at once)."""
         if attempt > self.spec.worker_retries:
-            lost = ChunkResult(runner.HOST, self.id)
+            tasks = self.spec.chunk_tasks(chunk)
             why = (f"the worker running this task was lost {attempt} times "
                    f"(worker_retries={self.spec.worker_retries})")
-            for i in self.spec.chunk_tasks(chunk):
-                lost.add(i, C_FAILED, 0.0, 0.0, attempt, 0.0, None, ("WorkerLost", why, None))
-            self.publish(chunk, attempt, lost)
+            self.publish(chunk, attempt, unfinished(tasks, [attempt] * len(tasks), C_FAILED,
+                                                    "WorkerLost", why, runner.HOST, self.id))
             return chunk, attempt, None
         local = self.log_file(chunk, attempt)
         self.executor.submit("map", self.spec.call_style, self.calls(chunk, attempt), local,
@@ -279,11 +278,9 @@ class Worker:
             return self.executor.collect(self.poll)
         except ex.BatchError as err:               # no task ran: each gets a Failed row
             chunk, attempt, _ = running
-            failed = ChunkResult(runner.HOST, self.id)
-            for i in self.spec.chunk_tasks(chunk):
-                failed.add(i, C_FAILED, 0.0, 0.0, attempt + 1, 0.0, None,
-                           ("ChunkError", f"the chunk could not be started: {err}", None))
-            return failed
+            tasks = self.spec.chunk_tasks(chunk)
+            return unfinished(tasks, [attempt + 1] * len(tasks), C_FAILED, "ChunkError",
+                              f"the chunk could not be started: {err}", runner.HOST, self.id)
         except ex.Interrupted as stop:
             result = stop.result
             result.extend(ex.canceled_calls(stop.unrun, self.cancel_reason(), self.id))

@@ -24,17 +24,11 @@ from ...store import StorageError
 from ...store.hdfs import HdfsStorage
 from .. import by_value
 from . import app as hadoop_app, connect as hadoop_connect, logs as hadoop_logs, stage as hadoop_stage
-from ..base import Environment, Launch
+from ..base import Environment, Launch, positive_int
 from .connect import Cluster, HadoopError
 from .yarn import LIVE_STATES, YarnError
 
 PACKAGES_TIMEOUT = 1800.0     # seconds a pip install on the cluster may take
-
-
-def _positive_int(value: Any, what: str) -> int:
-    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-        raise ValueError(f"{what} must be a positive integer, got {value!r}")
-    return value
 
 
 def _strings(value: Any, what: str) -> list[str]:
@@ -72,10 +66,10 @@ class HadoopCluster(Environment):
             raise ValueError("say where the cluster is: hadoop_conf_dir= (or $HADOOP_CONF_DIR), "
                              "or both webhdfs_url= and resourcemanager_url=")
         self.user = user
-        self.num_containers = _positive_int(num_containers, "num_containers")
-        self.container_size = _positive_int(container_size, "container_size (MB)")
-        self.num_vcores = _positive_int(num_vcores, "num_vcores")
-        self.am_memory = _positive_int(am_memory, "am_memory (MB)")
+        self.num_containers = positive_int(num_containers, "num_containers")
+        self.container_size = positive_int(container_size, "container_size (MB)")
+        self.num_vcores = positive_int(num_vcores, "num_vcores")
+        self.am_memory = positive_int(am_memory, "am_memory (MB)")
         if queue is not None and (not isinstance(queue, str) or not queue.strip()):
             raise ValueError(f"queue must be a queue name, got {queue!r}")
         self.queue = queue

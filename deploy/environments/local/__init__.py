@@ -9,13 +9,7 @@ from typing import Any, Callable
 from ...worker.runner import HOST
 from ...worker.processes import process_alive, stop_process_groups, wait_gone
 from ...store.local import LocalStorage, home_job_store
-from ..base import Environment, Launch
-
-
-def _positive_int(value: Any, what: str) -> int:
-    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-        raise ValueError(f"{what} must be a positive integer, got {value!r}")
-    return value
+from ..base import Environment, Launch, positive_int
 
 
 class Local(Environment):
@@ -60,7 +54,7 @@ class LocalAsync(Environment):
 
     def __init__(self, name: str = "async", num_workers: int | None = None) -> None:
         super().__init__(name)
-        self._num_workers = None if num_workers is None else _positive_int(num_workers, "num_workers")
+        self._num_workers = None if num_workers is None else positive_int(num_workers, "num_workers")
 
     @classmethod
     def default(cls) -> "LocalAsync":

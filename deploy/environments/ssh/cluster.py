@@ -25,7 +25,7 @@ from ...worker.processes import process_alive
 from ...store import Storage, open_store
 from ...store.local import home_job_store
 from .. import by_value
-from ..base import Environment, Launch
+from ..base import Environment, Launch, positive_int
 from .connect import DEFAULT_CONFIG, POLICIES, HostError, HostSpec, connect, resolve, run
 from .runtime import DEFAULT_ROOT, HostRuntime, Options, prepare, python_command
 from .session import AgentSession
@@ -78,10 +78,7 @@ class SshCluster(Environment):
         hosts = [hosts] if isinstance(hosts, str) else list(hosts or [])
         if not hosts:
             raise ValueError("an SSH cluster needs at least one host")
-        if workers_per_host is not None and (isinstance(workers_per_host, bool)
-                                             or not isinstance(workers_per_host, int)
-                                             or workers_per_host < 1):
-            raise ValueError(f"workers_per_host must be a positive integer or None, got {workers_per_host!r}")
+        positive_int(workers_per_host, "workers_per_host", optional=True)
         if host_key_policy not in POLICIES:
             raise ValueError(f"host_key_policy must be one of {POLICIES}, got {host_key_policy!r} "
                              "(unknown host keys are never accepted silently)")
