@@ -11,6 +11,15 @@ import signal
 import time
 
 
+def _stat(pid: int) -> list[bytes] | None:
+    """The fields of /proc/PID/stat after the command name (state first), or None."""
+    try:
+        with open(f"/proc/{pid}/stat", "rb") as f:
+            return f.read().rsplit(b")", 1)[1].split()
+    except (OSError, IndexError):
+        return None
+
+
 def _proc_state(pid: int) -> str | None:
     """The process's state letter from /proc (None when it is gone or /proc is absent)."""
     try:
@@ -20,6 +29,13 @@ def _proc_state(pid: int) -> str | None:
         return None
     except OSError:
         return "?"
+
+
+def start_time(pid: int) -> int:
+    """When the process started (clock ticks since boot; 0 where /proc cannot tell): with
+    the pid, it names a process even after the pid is reused."""
+    fields = _stat(pid)
+    return int(fields[19]) if fields else 0
 
 
 def process_alive(pid: int) -> bool:
@@ -76,34 +92,62 @@ def wait_gone(pids: list[int], timeout: float, any_exit: bool = False) -> bool:
             os.close(fd)
 
 
-def group_members(pgids: list[int]) -> list[int]:
-    """Live processes in any of these process groups (Linux /proc; else just the leaders)."""
+def _members(pgids: list[int]) -> list[tuple[int, int]]:
+    """(pid, pgid) of the live processes in these groups, from one pass over /proc."""
     if not os.path.isdir("/proc/self"):
-        return list(pgids)
+        return [(p, p) for p in pgids if _signal_reaches(p)]
     wanted, found = set(pgids), []
     for entry in os.listdir("/proc"):
         if entry.isdigit():
-            try:
-                with open(f"/proc/{entry}/stat", "rb") as f:
-                    fields = f.read().rsplit(b")", 1)[1].split()
-            except OSError:
-                continue
-            if int(fields[2]) in wanted and fields[0] not in (b"Z", b"X"):
-                found.append(int(entry))
+            fields = _stat(int(entry))
+            if fields and int(fields[2]) in wanted and fields[0] not in (b"Z", b"X"):
+                found.append((int(entry), int(fields[2])))
     return found
 
 
+def _signal_reaches(pgid: int) -> bool:
+    try:
+        os.killpg(pgid, 0)
+        return True
+    except OSError:
+        return False
+
+
+def group_alive(pgid: int, started: int = 0) -> bool:
+    """True while the group started as `pgid` (at `started`, when known) has a live
+    process. A pid is not reused while a group bears it, so a group whose leader is gone
+    but whose members live is still the same group; a live leader must have the recorded
+    start time."""
+    leader = _stat(pgid)
+    if leader is not None and int(leader[2]) == pgid and leader[0] not in (b"Z", b"X"):
+        return not started or int(leader[19]) == started
+    return bool(_members([pgid]))
+
+
+def _wait_groups_gone(pgids: list[int], timeout: float) -> list[int]:
+    """Wait until the groups have no live process (or time is up); the groups left."""
+    deadline = time.monotonic() + timeout
+    while True:
+        live = {group for _, group in _members(pgids)} if pgids else set()
+        left = [g for g in pgids if g in live]
+        if not left or time.monotonic() >= deadline:
+            return left
+        time.sleep(0.02)
+
+
+def stop_groups(groups: list[tuple[int, int]], grace: float = 1.0) -> list[int]:
+    """SIGTERM the (pgid, start time) groups that still run (a worker, its task process and
+    whatever its tasks started), SIGKILL what is left after `grace` seconds; return once
+    they are gone, with the groups that would not die."""
+    mine = [g for g, started in groups if group_alive(g, started)]
+    for pgid in mine:
+        _killpg(pgid, signal.SIGTERM)
+    left = _wait_groups_gone(mine, grace)
+    for pgid in left:
+        _killpg(pgid, signal.SIGKILL)
+    return _wait_groups_gone(left, 10.0)
+
+
 def stop_process_groups(pids: list[int], grace: float = 1.0) -> None:
-    """SIGTERM each worker's process group (worker, its task process, what tasks started),
-    SIGKILL what is left after `grace` seconds, and return once all of them are gone."""
-    for pid in pids:
-        _killpg(pid, signal.SIGTERM)
-    if not wait_gone(pids, grace):
-        for pid in pids:
-            _killpg(pid, signal.SIGKILL)
-        wait_gone(pids, 10.0)
-    stragglers = group_members(pids)    # processes the tasks started, still exiting
-    if stragglers:
-        for pid in pids:
-            _killpg(pid, signal.SIGKILL)
-        wait_gone(stragglers, 10.0)
+    """Stop the process groups these worker pids lead (see stop_groups)."""
+    stop_groups([(pid, 0) for pid in pids], grace)

@@ -28,94 +28,15 @@ import os
 import selectors
 import signal
 import sys
-import time
 
 from ...jobdir import layout
 from ...store import open_store
 from ...store.relay import SOCKET_ENV, FrameBuffer, frame, tag, untag
 from ...store.relay_hub import RelayHub
+from ...worker.processes import group_alive, start_time, stop_groups
 from ...worker.spawn import start_worker
 
 CONTROL, RELAY = b"C", b"R"
-
-
-# ---------------------------------------------------------------------------- process groups
-
-def _stat(pid: int) -> list[bytes] | None:
-    """The fields of /proc/PID/stat after the command name (state first), or None."""
-    try:
-        with open(f"/proc/{pid}/stat", "rb") as f:
-            return f.read().rsplit(b")", 1)[1].split()
-    except (OSError, IndexError):
-        return None
-
-
-def start_time(pid: int) -> int:
-    """When the process started (clock ticks since boot; 0 where /proc cannot tell)."""
-    fields = _stat(pid)
-    return int(fields[19]) if fields else 0
-
-
-def _members(pgid: int) -> list[int] | None:
-    """Live pids in process group `pgid` (None where /proc cannot tell)."""
-    if not os.path.isdir("/proc/self"):
-        return None
-    pids = []
-    for entry in os.listdir("/proc"):
-        if entry.isdigit():
-            fields = _stat(int(entry))
-            if fields and fields[0] not in (b"Z", b"X") and int(fields[2]) == pgid:
-                pids.append(int(entry))
-    return pids
-
-
-def ours(pgid: int, started: int) -> bool:
-    """True while the group started as `pgid` at `started` has a live process. A pid is
-    not reused while a group or session bears it, so a group whose leader is gone but
-    whose members live is still ours; a live leader must have the recorded start time."""
-    leader = _stat(pgid)
-    if leader is not None and int(leader[2]) == pgid and leader[0] not in (b"Z", b"X"):
-        return not started or int(leader[19]) == started
-    return _live(pgid)
-
-
-def _live(pgid: int) -> bool:
-    members = _members(pgid)
-    if members is not None:
-        return bool(members)
-    try:
-        os.killpg(pgid, 0)
-        return True
-    except OSError:
-        return False
-
-
-def _signal_groups(pgids: list[int], sig: int) -> None:
-    for pgid in pgids:
-        try:
-            os.killpg(pgid, sig)
-        except OSError:
-            pass
-
-
-def _wait_gone(pgids: list[int], timeout: float) -> list[int]:
-    """Wait until the groups have no live process (or time is up); the groups left."""
-    deadline = time.monotonic() + timeout
-    while True:
-        left = [g for g in pgids if _live(g)]
-        if not left or time.monotonic() >= deadline:
-            return left
-        time.sleep(0.05)
-
-
-def stop(groups: list[tuple[int, int]], grace: float) -> list[int]:
-    """SIGTERM the (pgid, start time) groups that still run, SIGKILL them after `grace`;
-    the groups that would not die."""
-    mine = [g for g, started in groups if ours(g, started)]
-    _signal_groups(mine, signal.SIGTERM)
-    left = _wait_gone(mine, grace)
-    _signal_groups(left, signal.SIGKILL)
-    return _wait_gone(left, 5.0)
 
 
 def _group(text: str) -> tuple[int, int]:
@@ -261,7 +182,7 @@ class Agent:
         """The client is gone: relayed jobs cannot go on, so stop their workers."""
         relayed = [(pid, 0) for pid, c in self.children.items() if c["relay"]]
         self.hub.close_all()                       # their store calls fail at once
-        stop(relayed, grace=3.0)
+        stop_groups(relayed, grace=3.0)
         self.out, self.unsent = [], bytearray()
         self.reap()
 
@@ -308,9 +229,9 @@ def main(argv: list[str] | None = None) -> int:
     if args.command == "serve":
         return serve(args.log, args.preload)
     if args.command == "alive":
-        print(json.dumps([g for g, started in args.groups if ours(g, started)]))
+        print(json.dumps([g for g, started in args.groups if group_alive(g, started)]))
         return 0
-    print(json.dumps(stop(args.groups, args.grace)))
+    print(json.dumps(stop_groups(args.groups, args.grace)))
     return 0
 
 
