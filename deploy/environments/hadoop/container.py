@@ -43,6 +43,21 @@ def stderr_tail() -> str:
     return ""
 
 
+def _signal_group(pgid: int, signum: int) -> None:
+    try:
+        os.killpg(pgid, signum)
+    except ProcessLookupError:
+        pass
+
+
+def _wait(pid: int) -> int:
+    while True:
+        try:
+            return os.waitpid(pid, 0)[1]
+        except InterruptedError:
+            continue
+
+
 def _worker_env() -> dict[str, str]:
     env = dict(os.environ, DEPLOY_HOST_LABEL=host_label(), PYTHONUNBUFFERED="1")
     tmp = os.path.join(os.getcwd(), "tmp")
@@ -72,10 +87,10 @@ def run_worker(config: dict[str, Any]) -> int:
         except Exception as exc:              # the record is a convenience, never fatal
             print(f"deploy: cannot record the container: {exc}", file=sys.stderr)
     save()
-    proc = subprocess.Popen([sys.executable, "-m", "deploy.worker", config["store"],
-                             "--processes", str(config.get("processes", 1))], env=_worker_env())
-    signal.signal(signal.SIGTERM, lambda signum, frame: proc.send_signal(signum))
-    code = proc.wait()
+    from ...worker.spawn import start_worker
+    pid = start_worker(config["store"], int(config.get("processes", 1)), _worker_env(), None)
+    signal.signal(signal.SIGTERM, lambda signum, frame: _signal_group(pid, signum))
+    code = os.waitstatus_to_exitcode(_wait(pid))
     record.update(exit=code, ended=time.time())
     if code != 0:
         record["stderr_tail"] = stderr_tail()

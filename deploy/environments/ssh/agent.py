@@ -99,8 +99,7 @@ class Agent:
             problem = self._readable(msg["uri"], env)
             if problem:
                 return {"error": problem}
-        args = [msg["uri"], "--processes", str(msg["processes"])]
-        pid = start_worker(args, env, msg["log"],
+        pid = start_worker(msg["uri"], int(msg["processes"]), env, msg["log"],
                            close_fds=(self.chan_in, self.chan_out, *self.hub.fds()))
         child = {"job": job, "relay": bool(msg.get("relay")), "pidfd": None}
         try:
