@@ -22,16 +22,28 @@ _BACKENDS = {
     "swebhdfs": "deploy.store.hdfs:HdfsStorage",
 }
 _RETRIED = {"s3", "hdfs", "webhdfs", "swebhdfs"}     # schemes reached over a network
+# scheme -> what a worker must be able to import to open such a store (pip name = module)
+_NEEDS = {"s3": ("boto3",), "hdfs": ("hdfs",), "webhdfs": ("hdfs",), "swebhdfs": ("hdfs",)}
 
 
-def register_backend(scheme: str, target: str, retry: bool = False) -> None:
+def register_backend(scheme: str, target: str, retry: bool = False,
+                     needs: tuple[str, ...] = ()) -> None:
     """Let `open_store` handle `scheme://...` with the factory named by 'module:callable';
-    `retry`: wrap its stores in RetryingStorage (a store across a network)."""
+    `retry`: wrap its stores in RetryingStorage (a store across a network); `needs`: the
+    libraries its workers must import (environments ship them to hosts that lack them)."""
     _BACKENDS[scheme] = target
+    _NEEDS[scheme] = tuple(needs)
     if retry:
         _RETRIED.add(scheme)
     else:
         _RETRIED.discard(scheme)
+
+
+def worker_needs(uri: str) -> tuple[str, ...]:
+    """The libraries (pip names, imported under the same names) a worker needs to open the
+    store at `uri`, beyond the standard library and deploy's runtime."""
+    scheme, sep, _ = uri.partition("://")
+    return _NEEDS.get(scheme if sep else "", ())
 
 
 def open_store(uri: str, retry_seconds: float | None = None) -> Storage:
@@ -55,4 +67,4 @@ def open_store(uri: str, retry_seconds: float | None = None) -> Storage:
     return store
 
 
-__all__ = ["Storage", "StorageError", "open_store", "register_backend"]
+__all__ = ["Storage", "StorageError", "open_store", "register_backend", "worker_needs"]

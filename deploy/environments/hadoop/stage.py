@@ -16,9 +16,10 @@ import os
 from typing import Any
 
 from ..bundles import libs_bundle, runtime_bundle, wheel_files
+from ...store import worker_needs
 from ...store.hdfs import HdfsStorage
 
-WORKER_NEEDS = ("hdfs", "requests")     # what the workers' store imports
+WORKER_NEEDS = worker_needs("hdfs://")     # what the workers' store imports
 
 
 def upload_once(root: HdfsStorage, path: str, data: bytes) -> str:
@@ -30,7 +31,8 @@ def upload_once(root: HdfsStorage, path: str, data: bytes) -> str:
 
 def stage_runtime(root: HdfsStorage) -> dict[str, str]:
     """The runtime and libs tarballs on HDFS: {'runtime': path, 'libs': path}."""
-    runtime, libs = runtime_bundle(), libs_bundle("hdfs")
+    (need,) = WORKER_NEEDS                  # one libs tarball: the HDFS client and its requirements
+    runtime, libs = runtime_bundle(), libs_bundle(need)
     return {"runtime": upload_once(root, f"runtime/runtime-{runtime.digest}.tar.gz", runtime.data),
             "libs": upload_once(root, f"runtime/libs-{libs.digest}.tar.gz", libs.data)}
 

@@ -22,7 +22,7 @@ import time
 from typing import Any, Callable
 
 from ...worker.processes import process_alive
-from ...store import Storage, open_store
+from ...store import Storage, open_store, worker_needs
 from ...store.local import home_job_store
 from .. import by_value
 from ..base import Environment, Launch, positive_int
@@ -134,7 +134,7 @@ class SshCluster(Environment):
     # -- hosts ------------------------------------------------------------------------
 
     def _options(self) -> Options:
-        needs = ("boto3",) if self.store and self.store.startswith("s3://") else ()
+        needs = worker_needs(self.store) if self.store else ()
         return Options(cluster=self.name, python=self.python, root=self.remote_dir,
                        packages=tuple(self.additional_packages),
                        pip_options=tuple(self.pip_options), needs=needs)
@@ -270,7 +270,7 @@ class SshCluster(Environment):
             host.connected(self.host_key_policy, self.timeout)
             if host.session is None or not host.session.usable():
                 rt = host.runtime
-                preload = " boto3" if "boto3" in self._options().needs else ""
+                preload = "".join(f" {module}" for module in self._options().needs)
                 command = rt.command(f"-m deploy.environments.ssh.agent serve --log "
                                      f"{shlex.quote(rt.root + '/agent.log')} --preload{preload}", host.label)
                 host.session = AgentSession(host, command, self.timeout, self._changed)
