@@ -8,6 +8,10 @@ Each host gets its runtime prepared once (runtime) and, per client process, an a
 group of its own. The job directory stays on the client and is relayed over the agent's
 SSH channel (store=None), or lives in a shared store (`store='s3://bucket/prefix'` or a
 path every host sees) that workers use directly, so that the job survives the client.
+
+Which hosts those are is the cluster's `HostSource` (a list here; instances a backend
+starts and stops, for EC2): the cluster only reaches them. Its live state (connections,
+agents) sits apart from its settings, made on first use in each process.
 """
 from __future__ import annotations
 
@@ -26,6 +30,7 @@ from ...store import Storage, open_store, worker_needs
 from ...store.local import home_job_store
 from .. import by_value
 from ..base import Environment, Launch, positive_int
+from ..hosts import HostSource, StaticHosts
 from .connect import DEFAULT_CONFIG, POLICIES, HostError, HostSpec, connect, resolve, run
 from .runtime import DEFAULT_ROOT, HostRuntime, Options, prepare, python_command
 from .session import AgentSession
@@ -62,12 +67,24 @@ class _Host:
         self.session = None
 
 
+class _Live:
+    """What a process holds for a cluster while it uses it: the hosts' connections, runtimes
+    and agents, and the relay's news of published results. Not data: never saved."""
+
+    def __init__(self, hosts: list[_Host]) -> None:
+        self.hosts = hosts
+        self.changes = threading.Condition()
+        self.versions: dict[str, int] = {}      # relayed job -> changes seen by the relay
+        self.seen: dict[str, int] = {}          # relayed job -> changes wait_for_change reported
+
+
 class SshCluster(Environment):
     """Workers on machines reachable by SSH; see the module docstring."""
 
     kind = "ssh"
 
-    def __init__(self, name: str, hosts: list[str] | str, key_filename: str | list[str] | None = None,
+    def __init__(self, name: str, hosts: list[str] | str | HostSource,
+                 key_filename: str | list[str] | None = None,
                  workers_per_host: int | None = None, additional_packages: list[str] | None = None,
                  store: str | None = None, host_key_policy: str = "reject",
                  pip_options: list[str] | None = None, ssh_config: str | None = DEFAULT_CONFIG,
@@ -75,9 +92,7 @@ class SshCluster(Environment):
                  remote_dir: str = DEFAULT_ROOT, forward_env: list[str] | None = None,
                  timeout: float = 10.0) -> None:
         super().__init__(name)
-        hosts = [hosts] if isinstance(hosts, str) else list(hosts or [])
-        if not hosts:
-            raise ValueError("an SSH cluster needs at least one host")
+        self.source = hosts if isinstance(hosts, HostSource) else StaticHosts(hosts)
         positive_int(workers_per_host, "workers_per_host", optional=True)
         if host_key_policy not in POLICIES:
             raise ValueError(f"host_key_policy must be one of {POLICIES}, got {host_key_policy!r} "
@@ -89,7 +104,6 @@ class SshCluster(Environment):
                              ("forward_env", forward_env)):
             if items is not None and (isinstance(items, str) or not all(isinstance(i, str) for i in items)):
                 raise TypeError(f"{label} must be a list of strings")
-        self.hosts = [h.strip() if isinstance(h, str) else h for h in hosts]
         self.key_filename = key_filename
         self.workers_per_host = workers_per_host
         self.additional_packages = list(additional_packages or [])
@@ -102,15 +116,29 @@ class SshCluster(Environment):
         self.remote_dir = remote_dir
         self.forward_env = list(forward_env or [])
         self.timeout = float(timeout)
-        self._hosts = self._resolve()
-        self._changes = threading.Condition()
-        self._versions: dict[str, int] = {}     # relayed job -> changes seen by the relay
-        self._seen: dict[str, int] = {}         # relayed job -> changes wait_for_change reported
+        self._live: _Live | None = None
+        if isinstance(self.source, StaticHosts):
+            self._connections()             # a host ~/.ssh/config cannot resolve: an error now
+
+    @property
+    def hosts(self) -> list[str]:
+        """The hosts' addresses, as the host source gives them."""
+        return self.source.addresses()
+
+    def _connections(self) -> "_Live":
+        """This process's live state for the cluster (made on first use; never saved)."""
+        if self._live is None:
+            self._live = _Live(self._resolve())
+        return self._live
+
+    @property
+    def _hosts(self) -> list[_Host]:
+        return self._connections().hosts
 
     def _resolve(self) -> list[_Host]:
         seen: dict[tuple, str] = {}
         hosts = []
-        for text in self.hosts:
+        for text in self.source.addresses():
             spec = resolve(text, self.ssh_config, self.key_filename, self.known_hosts)
             if spec.target in seen:
                 raise ValueError(f"host {text!r} is listed twice: it is the same account as "
@@ -123,7 +151,7 @@ class SshCluster(Environment):
 
     def settings(self) -> dict[str, Any]:
         """Everything that recreates the cluster: host names, key *paths*, never key contents."""
-        return {"hosts": list(self.hosts), "key_filename": self.key_filename,
+        return {**self.source.settings(), "key_filename": self.key_filename,
                 "workers_per_host": self.workers_per_host,
                 "additional_packages": list(self.additional_packages), "store": self.store,
                 "host_key_policy": self.host_key_policy, "pip_options": list(self.pip_options),
@@ -195,13 +223,15 @@ class SshCluster(Environment):
             return False
 
     def stop(self) -> None:
-        """Close the SSH connections (those relaying a running job close when it ends)."""
+        """Close the SSH connections (those relaying a running job close when it ends), and
+        let the host source give back machines it made."""
         for host in self._hosts:
             with host.lock:
                 if host.session is not None and host.session.busy():
                     host.closing = True
                 else:
                     host.close()
+        self.source.release()
 
     @property
     def needs_client(self) -> bool:
@@ -290,24 +320,25 @@ class SshCluster(Environment):
     # -- control ----------------------------------------------------------------------
 
     def _changed(self, job: str) -> None:
-        with self._changes:
-            self._versions[job] = self._versions.get(job, 0) + 1
-            self._changes.notify_all()
+        live = self._connections()
+        with live.changes:
+            live.versions[job] = live.versions.get(job, 0) + 1
+            live.changes.notify_all()
 
     def wait_for_change(self, handle: dict[str, Any], timeout: float) -> None:
         """For a job relayed by this process: return as soon as a result is published (the
         relay sees it go by) or the workers end; otherwise just sleep."""
-        job = handle.get("job", "")
+        job, live = handle.get("job", ""), self._connections()
         if not (handle.get("relay") and any(h.session is not None and h.session.relaying(job)
-                                            for h in self._hosts)):
-            with self._changes:
-                self._versions.pop(job, None)
-                self._seen.pop(job, None)
+                                            for h in live.hosts)):
+            with live.changes:
+                live.versions.pop(job, None)
+                live.seen.pop(job, None)
             time.sleep(timeout)
             return
-        with self._changes:
-            self._changes.wait_for(lambda: self._versions.get(job, 0) != self._seen.get(job, 0), timeout)
-            self._seen[job] = self._versions.get(job, 0)
+        with live.changes:
+            live.changes.wait_for(lambda: live.versions.get(job, 0) != live.seen.get(job, 0), timeout)
+            live.seen[job] = live.versions.get(job, 0)
 
     def _run_for(self, entry: dict[str, Any], command: str) -> tuple[int, str] | None:
         """Run a command on the host of a handle's entry: (exit status, stdout), None if unreachable."""
