@@ -13,7 +13,7 @@ import time
 from typing import TYPE_CHECKING, Any, Callable, Iterator
 
 from ..errors import JobError
-from ..jobdir import layout
+from ..jobdir import launch as launch_record, layout
 from ..jobdir.results import C_CANCELED, C_FAILED, C_OK, STATUS, ChunkResult, unfinished
 from ..jobdir.spec import JobSpec, task_index
 from ..jobdir.status import CANCELED, COMPLETED, FAILED, FINAL, PENDING, RUNNING, UNKNOWN
@@ -80,7 +80,7 @@ class Job:
         return self._env
 
     def _launch(self) -> dict:
-        return launch.read(self._store)
+        return launch_record.read(self._store)
 
     def _chunk(self, chunk: int) -> ChunkResult | None:
         got = self._chunks.get(chunk)

@@ -1,13 +1,10 @@
 """The one way a job's workers are started, for a new job (map_job.submit) and for
-resume(): the environment starts them, and launch.json records how (for alive, cancel and
-any process that reopens the job)."""
+resume(): the environment starts them, and launch.json records how (jobdir/launch.py)."""
 from __future__ import annotations
 
-import json
-import time
 from typing import TYPE_CHECKING, Any, Callable
 
-from ..jobdir import layout
+from ..jobdir import launch as record, layout
 from ..jobdir.spec import JobSpec
 from ..store import Storage
 
@@ -28,14 +25,5 @@ def start(env: "Environment", store: Storage, spec: JobSpec, functions: dict[str
     from ..environments.base import Launch
     launch = Launch(store, spec, functions, workers)
     handle = env.start(launch, write) if write is not None else env.launch(launch)
-    store.put(layout.LAUNCH, json.dumps({"environment": env.to_dict(), "handle": handle,
-                                         "time": time.time()}).encode())
+    store.put(layout.LAUNCH, record.encode(env.to_dict(), handle))
     return handle
-
-
-def read(store: Storage) -> dict[str, Any]:
-    """launch.json ({} before the workers were started, or when it is unreadable)."""
-    try:
-        return json.loads(store.get(layout.LAUNCH))
-    except (FileNotFoundError, ValueError):
-        return {}

@@ -11,17 +11,14 @@ import json
 from typing import Any
 
 from ...store import Storage
-from ...jobdir import layout
+from ...jobdir import launch, layout
 from .yarn import ResourceManager, YarnError
 
 
 def _sources(store: Storage, rm: ResourceManager, files: tuple[str, ...]) -> list[tuple[str, str, dict, tuple]]:
     """(container id, NodeManager base URL, its record, log files) of the job's containers."""
     sources = []
-    try:
-        handle = json.loads(store.get(layout.LAUNCH)).get("handle") or {}
-    except (FileNotFoundError, ValueError):
-        handle = {}
+    handle = launch.read(store).get("handle") or {}
     try:
         am_url = rm.app(handle["app"]).get("amContainerLogs") if handle.get("app") else None
     except (YarnError, KeyError):
