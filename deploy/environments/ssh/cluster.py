@@ -20,12 +20,12 @@ import json
 import os
 import re
 import shlex
-import socket
 import threading
 import time
 from typing import Any, Callable
 
 from ...worker.processes import process_alive
+from ...worker.runner import HOST
 from ...store import Storage, open_store, worker_needs
 from ...store.local import home_job_store
 from .. import by_value
@@ -287,7 +287,7 @@ class SshCluster(Environment):
             results = list(pool.map(start, hosts))
         failed = [r for r in results if isinstance(r, Exception)]
         handle = {"relay": relay, "job": job_id,
-                  "client": {"host": socket.gethostname(), "pid": os.getpid()},
+                  "client": {"host": HOST, "pid": os.getpid()},
                   "hosts": [r for r in results if not isinstance(r, Exception)]}
         if failed:
             self.cancel(handle)        # no half-started job: stop the hosts that did start
@@ -389,7 +389,7 @@ class SshCluster(Environment):
 
     def describe_failure(self, handle: dict[str, Any]) -> str | None:
         client = handle.get("client") or {}
-        if handle.get("relay") and client.get("host") == socket.gethostname() \
+        if handle.get("relay") and client.get("host") == HOST \
                 and client.get("pid") != os.getpid() and not process_alive(int(client.get("pid", 0))):
             return (f"the process that relayed the job directory to the hosts (pid {client.get('pid')}) "
                     "has exited; a relayed job needs its client alive (give the cluster a shared "
