@@ -14,7 +14,6 @@ import signal
 import socket
 import subprocess
 import sys
-import threading
 import time
 
 import pytest
@@ -317,48 +316,6 @@ def hdfs_store(hadoop_cluster):
     store = open_store(f"webhdfs://{host}/user/{hadoop_cluster.user}/store-{os.urandom(4).hex()}")
     yield store
     store.delete("")
-
-
-def test_hdfs_store_verbs(hdfs_store):
-    store = hdfs_store
-    assert store.list("") == [] and not store.exists("a")
-    store.put("a/b", b"one")
-    store.put("a/b", b"two")                           # replaces: rename with OVERWRITE
-    assert store.get("a/b") == b"two"
-    assert store.create_exclusive("a/c", b"first") and not store.create_exclusive("a/c", b"second")
-    assert store.get("a/c") == b"first"
-    assert store.list("a") == ["b", "c"] and store.list("a/b") == [] and store.list("zz") == []
-    assert store.exists("a") and store.exists("a/b") and not store.exists("a/zz")
-    with pytest.raises(FileNotFoundError):
-        store.get("a/zz")
-    store.delete("a/b")
-    store.delete("a/zz")
-    assert store.list("a") == ["c"]
-
-
-def test_hdfs_exclusive_create_has_one_winner_and_put_is_atomic_for_readers(hdfs_store):
-    store = hdfs_store
-    wins = []
-    threads = [threading.Thread(target=lambda i=i: wins.append(store.create_exclusive("race", b"%d" % i)))
-               for i in range(8)]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join()
-    assert wins.count(True) == 1 and store.list("") == ["race"]   # no temp file left
-    store.put("file", b"0" * 1000)
-    seen, stop = [], threading.Event()
-
-    def read():
-        while not stop.is_set():
-            seen.append(store.get("file"))
-    reader = threading.Thread(target=read)
-    reader.start()
-    for i in range(1, 15):
-        store.put("file", str(i % 10).encode() * 1000)
-    stop.set()
-    reader.join()
-    assert seen and all(len(s) == 1000 and len(set(s)) == 1 for s in seen)
 
 
 def test_hdfs_store_uris_errors_and_conf_dir(hadoop_cluster, hdfs_store, monkeypatch):

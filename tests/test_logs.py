@@ -36,6 +36,21 @@ def test_logs_of_a_failed_task_and_a_retried_one(tmp_path):
     job.wait(timeout=30)
     assert "about to fail" in job.get_logs("noisy_fail-0-0")
 
+    marker = tmp_path / "tried"
+
+    def flaky():
+        first = not marker.exists()
+        marker.touch()
+        print("attempt 1 output" if first else "attempt 2 output")
+        if first:
+            raise RuntimeError("first try")
+        return 1
+    for environment in ("LocalAsync", "Local"):
+        marker.unlink(missing_ok=True)
+        retried = deploy.map_job.create(flaky, [{}], max_retries=1, environment=environment)
+        assert retried.get_results(timeout=30) == [1]
+        assert retried.get_logs("flaky-0-0") == "attempt 2 output\n"   # the last attempt's only
+
 
 def test_unknown_task_name_is_a_clear_error():
     import pytest

@@ -661,22 +661,3 @@ def test_cancel_from_another_process_with_an_s3_store(cluster, ssh_hosts, s3_env
     wait_for(lambda: not group_members(groups), timeout=10, what="no worker left on any host")
     assert time.monotonic() - start < 10
     assert job.get_status() == "Canceled"
-
-
-def test_s3_store_exclusive_create_and_listing(s3_env):
-    from deploy.store import open_store
-    store = open_store(f"s3://{s3_env}/root")
-    assert store.create_exclusive("claims/000001.0", b"a") is True
-    assert store.create_exclusive("claims/000001.0", b"b") is False
-    assert store.get("claims/000001.0") == b"a"
-    store.put("results/000001", b"r")
-    store.put("results/000002", b"r")
-    assert store.list("") == ["claims", "results"]
-    assert store.list("results") == ["000001", "000002"]
-    assert store.exists("results") and store.exists("results/000001") and not store.exists("nope")
-    with pytest.raises(FileNotFoundError):
-        store.get("results/000003")
-    store.delete("results")
-    assert store.list("") == ["claims"]
-    store.delete("")
-    assert store.list("") == []

@@ -29,6 +29,7 @@ from .retrying import mark
 
 SCHEMES = {"webhdfs": "http", "swebhdfs": "https"}
 TEMP_PREFIX = ".tmp-"
+FILE_MODE, DIR_MODE = "600", "700"      # a store's files and its root: the user's alone
 TIMEOUT = (10.0, 120.0)          # seconds to connect, to read
 
 
@@ -89,6 +90,7 @@ class HdfsStorage(Storage):
         self.urls, uri_user, self.root = parse_uri(uri)
         self.user = user or uri_user or default_user()
         self.uri = make_uri(self.urls, self.user, self.root)
+        self._root_private = False
         self._client: Any = None
         self._pid = 0
 
@@ -118,6 +120,8 @@ class HdfsStorage(Storage):
             where = self.absolute(path)
             if kind == "FileNotFoundException":
                 raise FileNotFoundError(f"{where}: {message}") from None
+            if kind == "AccessControlException" and message.rstrip().endswith("(is not a directory)"):
+                raise FileNotFoundError(f"{where}: {message}") from None   # a path below a file
             if kind == "AccessControlException":
                 raise PermissionError(f"HDFS refused to {what} {where} for user {self.user!r}: "
                                       f"{message}") from None
@@ -137,8 +141,19 @@ class HdfsStorage(Storage):
     def _write_temp(self, path: str, data: bytes) -> tuple[str, str]:
         target = self.absolute(path)
         tmp = self._temp(target)
-        self._call("write", path, lambda: self.client.write(tmp, data, overwrite=False))
+        self._private_root()
+        self._call("write", path, lambda: self.client.write(tmp, data, overwrite=False,
+                                                             permission=FILE_MODE))
         return target, tmp
+
+    def _private_root(self) -> None:
+        """Before the first write through this object, make the store's root 0700 if it is
+        not there yet (a job's directory: WebHDFS would make it 0755); subdirectories
+        inside it are then out of others' reach. A root that exists is left as it is."""
+        if not self._root_private:
+            self._call("create the directory", "", lambda: self.client.makedirs(
+                self.root, permission=DIR_MODE))
+            self._root_private = True
 
     def _rename(self, tmp: str, target: str, option: str) -> None:
         """WebHDFS RENAME with renameoptions (the `hdfs` package's rename() has none): its
@@ -197,7 +212,10 @@ class HdfsStorage(Storage):
         return status["type"] != "DIRECTORY" or status.get("childrenNum", 1) > 0
 
     def delete(self, path: str) -> None:
-        self._call("delete", path, lambda: self.client.delete(self.absolute(path), recursive=True))
+        try:
+            self._call("delete", path, lambda: self.client.delete(self.absolute(path), recursive=True))
+        except FileNotFoundError:
+            pass
 
     def status(self, path: str) -> dict | None:
         """WebHDFS FileStatus of `path` (length, modificationTime, type...), None if absent."""
@@ -207,8 +225,10 @@ class HdfsStorage(Storage):
         """Publish a local file at `path` (streamed, not read into memory), atomically."""
         target = self.absolute(path)
         tmp = self._temp(target)
+        self._private_root()
         with open(local, "rb") as f:
-            self._call("upload", path, lambda: self.client.write(tmp, f, overwrite=False))
+            self._call("upload", path, lambda: self.client.write(tmp, f, overwrite=False,
+                                                                 permission=FILE_MODE))
         try:
             self._call("publish", path, lambda: self._rename(tmp, target, "OVERWRITE"))
         except BaseException:

@@ -78,8 +78,11 @@ class LocalStorage(Storage):
         return self._abs(path)
 
     def get(self, path: str) -> bytes:
-        with open(self._abs(path), "rb") as f:
-            return f.read()
+        try:
+            with open(self._abs(path), "rb") as f:
+                return f.read()
+        except NotADirectoryError:      # a path below a file: nothing is there
+            raise FileNotFoundError(self._abs(path)) from None
 
     def put(self, path: str, data: bytes) -> None:
         target = self._abs(path)
@@ -104,7 +107,7 @@ class LocalStorage(Storage):
         else:
             try:
                 os.unlink(target)
-            except FileNotFoundError:
+            except (FileNotFoundError, NotADirectoryError):
                 pass
 
 

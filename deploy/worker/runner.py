@@ -234,6 +234,7 @@ def run_calls(fn: Callable, batch: Batch, result: ChunkResult, style: str, hooks
                 rows.note(pos, start, tried, error=describe(exc))
                 measure(pos)
                 break
+            output.end()              # the failed attempt keeps its output
             tried += 1
             ints[1] = tried
             start = starts[0] = end
