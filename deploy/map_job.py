@@ -292,7 +292,7 @@ def submit(function: Callable, items: Iterable[Any], call_style: str, *, name: s
         job_registry.forget(name)
         raise
     return Job(store, name=name, environment=env, spec=spec,
-               on_final=functools.partial(job_registry.set_final_status, name))
+               on_resume=functools.partial(job_registry.set_final_status, name, None))
 
 
 def write_job(store: Any, spec: specs.JobSpec, params: list, function_blob: bytes | None,

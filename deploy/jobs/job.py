@@ -34,11 +34,11 @@ class Job:
 
     def __init__(self, store: Storage, name: str | None = None, job_id: str | None = None,
                  environment: "Environment | None" = None, spec: JobSpec | None = None,
-                 on_final: Callable[[str | None], None] | None = None) -> None:
-        """`on_final(status)` hears the job's final status once (None again after resume):
-        the registry keeps it, so listing jobs need not open each one."""
+                 on_resume: Callable[[], None] | None = None) -> None:
+        """`on_resume()` hears that resume() made a finished job run again (the registry
+        then forgets the final status it keeps for listing)."""
         self._store = store
-        self._on_final = on_final
+        self._on_resume = on_resume
         self._spec = spec
         self._env = environment
         self._chunks: dict[int, ChunkResult] = {}   # published results never change: cache
@@ -47,7 +47,6 @@ class Job:
         self._follower = None       # keeps its place in the logs across wait(stream=...) calls
         self.name = name or (spec.name if spec else None)
         self.id = job_id or (spec.id if spec else None)
-        self._final_recorded = False
         self._looked = False
         self._handed: set[int] = set()      # chunks completed_chunks() gave out already
 
@@ -163,9 +162,9 @@ class Job:
         if len(self._chunks) == spec.chunk_count:
             if cancel is not None and cancel.get("reason") != "fail_fast" and \
                     any(C_CANCELED in r.status for r in self._chunks.values()):
-                return self._final(CANCELED)
+                return CANCELED
             if not self._all_completed():
-                return self._final(FAILED)
+                return FAILED
             if spec.has_combiner:
                 combined = self._combined_result()
                 if combined is None:
@@ -174,8 +173,8 @@ class Job:
                     combined = self._combined_result()   # published as the workers left?
                     if combined is None:
                         return self._stalled()
-                return self._final(COMPLETED if combined.status.count(C_OK) == 1 else FAILED)
-            return self._final(COMPLETED)
+                return COMPLETED if combined.status.count(C_OK) == 1 else FAILED
+            return COMPLETED
         if cancel is not None and cancel.get("reason") != "fail_fast":
             return CANCELED
         if progressed:
@@ -185,15 +184,6 @@ class Job:
             return self._status() if len(self._chunks) == spec.chunk_count else self._stalled()
         started = self._store.list(layout.CLAIMS) or self._store.list(layout.HEARTBEATS)
         return RUNNING if started else PENDING     # Pending: no worker has started yet
-
-    def _final(self, status: str) -> str:
-        if not self._final_recorded and self._on_final is not None:
-            try:
-                self._on_final(status)
-            except Exception:
-                pass                        # a registry that cannot be written: the job still is
-            self._final_recorded = True
-        return status
 
     def _workers_alive(self) -> bool | None:
         """True if a worker heart-beat within its lease (or the environment says so); a
@@ -233,7 +223,7 @@ class Job:
             row = unfinished([0], [self._attempts().get(self.spec.chunk_count, 0)], C_FAILED,
                              "WorkerLost", lost, HOST, "client")
             self._store.create_exclusive(layout.COMBINED, pickle.dumps(row.to_dict()))
-        return self._final(FAILED)
+        return FAILED
 
     def _attempts(self) -> dict[int, int]:
         """How many times workers took each chunk (the combiner is chunk `chunk_count`)."""
@@ -484,9 +474,8 @@ class Job:
             parsed = layout.parse_claim(name)
             if parsed and parsed[0] == spec.chunk_count:
                 self._store.delete(f"{layout.CLAIMS}/{name}")
-        if self._on_final is not None:
-            self._on_final(None)
-        self._final_recorded = False
+        if self._on_resume is not None:
+            self._on_resume()
         launch.start(env, self._store, spec, None,
                      launch.worker_count(env.num_workers(), spec, len(redo)))
         return self

@@ -9,6 +9,7 @@ from typing import TYPE_CHECKING
 
 from .. import state
 from ..errors import JobNotFound
+from ..jobdir.status import FINAL
 
 if TYPE_CHECKING:
     import pandas
@@ -36,7 +37,8 @@ class JobRegistry:
         with state.connect() as db:
             db.execute("delete from jobs where name=?", (name,))
 
-    def set_final_status(self, name: str, status: str) -> None:
+    def set_final_status(self, name: str, status: str | None) -> None:
+        """Keep a finished job's status for listing (None: it runs again)."""
         with state.connect() as db:
             db.execute("update jobs set final_status=? where name=?", (status, name))
 
@@ -52,7 +54,7 @@ class JobRegistry:
         from ..store import open_store
         from .job import Job
         return Job(open_store(row[2]), name=row[0], job_id=row[1],
-                   on_final=functools.partial(self.set_final_status, row[0]))
+                   on_resume=functools.partial(self.set_final_status, row[0], None))
 
     def __getitem__(self, key: str | int) -> "Job":
         rows = self._rows()
@@ -83,7 +85,11 @@ class JobRegistry:
         import pandas as pd
         records = []
         for i, row in enumerate(self._rows()):
-            status = row[6] or self._open(row).get_status()
+            status = row[6]
+            if status is None:
+                status = self._open(row).get_status()
+                if status in FINAL:         # a finished job stays so until resumed: kept
+                    self.set_final_status(row[0], status)
             records.append({"index": i, "name": row[0], "environment": row[3], "status": status,
                             "created": pd.Timestamp(row[5], unit="s", tz="UTC").tz_convert(None)
                             .floor("s")})
