@@ -109,3 +109,27 @@ def test_backend_packages_load_nothing_until_used():
     client's libraries: the packages' __init__ import no module."""
     for backend in BACKENDS[1:]:
         assert GRAPH[backend] == set(), backend
+
+
+def test_every_kind_round_trips_through_its_declared_settings(tmp_path):
+    """An environment's settings are its constructor's arguments (validated, normalised):
+    from_settings(settings()) rebuilds an equal environment for every built-in kind."""
+    from deploy.environments.kinds import kind_class
+    examples = {
+        "local": {},
+        "local-async": {"num_workers": 3},
+        "ssh": {"hosts": ["alice@10.0.0.7:2222", "gpu2"], "workers_per_host": 2,
+                "additional_packages": ["numpy"], "store": "s3://bucket/jobs",
+                "host_key_policy": "accept-new", "ssh_config": None, "forward_env": ["TOKEN"]},
+        "hadoop": {"dist_path": "/user/me/deploy", "webhdfs_url": "http://nn:9870",
+                   "resourcemanager_url": "http://rm:8088", "num_containers": 3,
+                   "additional_packages": ["pandas"], "am_memory": 768},
+    }
+    for kind, arguments in examples.items():
+        cls = kind_class(kind)
+        env = cls("example", **arguments)
+        settings = env.settings()
+        assert {k: settings[k] for k in arguments} == arguments, kind
+        again = cls.from_settings("example", settings)
+        assert again.to_dict() == env.to_dict(), kind
+        assert again.settings() == settings, kind

@@ -25,6 +25,13 @@ def positive_int(value: Any, what: str, optional: bool = False) -> Any:
     return value
 
 
+def _keywords(cls: type) -> list[str]:
+    """The settings an environment class declares: its constructor's arguments after the name."""
+    return [p.name for p in inspect.signature(cls.__init__).parameters.values()
+            if p.name not in ("self", "name")
+            and p.kind in (inspect.Parameter.POSITIONAL_OR_KEYWORD, inspect.Parameter.KEYWORD_ONLY)]
+
+
 @dataclasses.dataclass
 class Launch:
     """What an environment gets to start workers: the written job directory, its spec, the
@@ -54,8 +61,8 @@ class Environment(abc.ABC):
         """Rebuild the environment `settings()` described (registry, job directories): its
         keys are the constructor's keyword arguments; keys it does not take (written by
         another version of deploy) are left out."""
-        known = inspect.signature(cls.__init__).parameters
-        return cls(name, **{k: v for k, v in settings.items() if k in known and k != "name"})
+        known = _keywords(cls)
+        return cls(name, **{k: v for k, v in settings.items() if k in known})
 
     @classmethod
     def default(cls) -> "Environment | None":
@@ -117,8 +124,15 @@ class Environment(abc.ABC):
     # -- data -------------------------------------------------------------------------
 
     def settings(self) -> dict[str, Any]:
-        """The settings that recreate this environment (never secrets)."""
-        return {}
+        """The settings that recreate this environment (never secrets). The constructor
+        declares them: each keyword argument after the name, kept (validated and normalised)
+        under the same attribute name; `from_settings` is the inverse. A backend overrides
+        this only where an argument is not kept as it was given."""
+        settings = {}
+        for param in _keywords(type(self)):
+            value = getattr(self, param)
+            settings[param] = list(value) if isinstance(value, (list, tuple)) else value
+        return settings
 
     def to_dict(self) -> dict[str, Any]:
         return {"kind": self.kind, "name": self.name, "settings": self.settings()}

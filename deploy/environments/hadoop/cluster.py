@@ -85,19 +85,6 @@ class HadoopCluster(Environment):
         self._cluster: Cluster | None = None
         self._plan: hadoop_app.AppPlan | None = None
 
-    # -- data -------------------------------------------------------------------------
-
-    def settings(self) -> dict[str, Any]:
-        """Addresses, paths and sizes: never credentials (there are none under simple auth)."""
-        return {"dist_path": self.dist_path, "hadoop_conf_dir": self.hadoop_conf_dir,
-                "webhdfs_url": self.webhdfs_url, "resourcemanager_url": self.resourcemanager_url,
-                "user": self.user, "num_containers": self.num_containers,
-                "container_size": self.container_size, "num_vcores": self.num_vcores,
-                "queue": self.queue, "python": self.python, "python_env": self.python_env,
-                "additional_packages": list(self.additional_packages),
-                "pip_options": list(self.pip_options),
-                "distributed_shell_jar": self.distributed_shell_jar, "am_memory": self.am_memory}
-
     # -- preparing the cluster ----------------------------------------------------------
 
     def _connect(self) -> Cluster:
