@@ -32,6 +32,16 @@ def _keywords(cls: type) -> list[str]:
             and p.kind in (inspect.Parameter.POSITIONAL_OR_KEYWORD, inspect.Parameter.KEYWORD_ONLY)]
 
 
+def constructor_settings(env: "Environment") -> dict[str, Any]:
+    """An environment's constructor arguments as it kept them (validated, normalised),
+    each under the argument's name: the settings of a backend declared by its constructor."""
+    settings = {}
+    for param in _keywords(type(env)):
+        value = getattr(env, param)
+        settings[param] = list(value) if isinstance(value, (list, tuple)) else value
+    return settings
+
+
 @dataclasses.dataclass
 class Launch:
     """What an environment gets to start workers: the written job directory, its spec, the
@@ -124,15 +134,12 @@ class Environment(abc.ABC):
     # -- data -------------------------------------------------------------------------
 
     def settings(self) -> dict[str, Any]:
-        """The settings that recreate this environment (never secrets). The constructor
-        declares them: each keyword argument after the name, kept (validated and normalised)
-        under the same attribute name; `from_settings` is the inverse. A backend overrides
-        this only where an argument is not kept as it was given."""
-        settings = {}
-        for param in _keywords(type(self)):
-            value = getattr(self, param)
-            settings[param] = list(value) if isinstance(value, (list, tuple)) else value
-        return settings
+        """The settings that recreate this environment (never secrets: they go to the
+        registry and into job directories). The constructor declares them: its keyword
+        arguments after the name; `from_settings` is the inverse. A backend that keeps each
+        argument under the same attribute name returns `constructor_settings(self)`; nothing
+        is assumed for one that does not say (it may hold what must not be written)."""
+        return {}
 
     def to_dict(self) -> dict[str, Any]:
         return {"kind": self.kind, "name": self.name, "settings": self.settings()}

@@ -24,7 +24,7 @@ from ...store import StorageError
 from ...store.hdfs import HdfsStorage
 from .. import by_value
 from . import app as hadoop_app, connect as hadoop_connect, logs as hadoop_logs, stage as hadoop_stage
-from ..base import Environment, Launch, positive_int
+from ..base import Environment, Launch, constructor_settings, positive_int
 from .connect import Cluster, HadoopError
 from .yarn import LIVE_STATES, YarnError
 
@@ -84,6 +84,10 @@ class HadoopCluster(Environment):
         self.distributed_shell_jar = distributed_shell_jar
         self._cluster: Cluster | None = None
         self._plan: hadoop_app.AppPlan | None = None
+
+    def settings(self) -> dict[str, Any]:
+        """Addresses, paths and sizes (never credentials: there are none under simple auth)."""
+        return constructor_settings(self)
 
     # -- preparing the cluster ----------------------------------------------------------
 
