@@ -73,6 +73,32 @@ def test_print_of_a_large_job_shows_the_failed_and_the_slowest():
     assert len(str(small).splitlines()) == 2 + 1 + 2 + 100
 
 
+def shouty(i):
+    if i == 2:
+        raise ValueError("<script>alert(1)</script>")
+    return i
+
+
+def test_job_renders_as_html_in_a_notebook():
+    """_repr_html_: the job, its status, tasks per state, progress, the failed tasks with
+    their exceptions (escaped: a message is text, never markup)."""
+    from html.parser import HTMLParser
+    job = deploy.map_job.create(shouty, [{"i": i} for i in range(5)])
+    assert job.wait(timeout=60) == "Failed"
+    html = job._repr_html_()
+    assert job.name in html and "<b>Failed</b>" in html and "Completed: 4, Failed: 1" in html
+    assert "<progress value='5' max='5'></progress>" in html
+    assert "shouty-0-2" in html and "ValueError" in html
+    assert "<script>" not in html and "&lt;script&gt;alert(1)&lt;/script&gt;" in html
+    tags = []
+
+    class Tags(HTMLParser):
+        def handle_starttag(self, tag, attrs):
+            tags.append(tag)
+    Tags().feed(html)
+    assert {"table", "tr", "td", "progress"} <= set(tags) and "script" not in tags
+
+
 def test_combiner_result_and_failure_summary():
     job = deploy.map_job.create(add, GOOD, combiner_function=add_combiner)
     assert job.get_results() == 70

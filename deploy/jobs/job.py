@@ -538,6 +538,34 @@ class Job:
                 f"\n({len(rows)} of {self.spec.task_count} tasks shown: the first failed and the "
                 "slowest; job.get_metrics() has every row)")
 
+    def _repr_html_(self) -> str:
+        """The summary as HTML for notebooks: status, tasks per state and progress, then the
+        first failed tasks with their exceptions and the slowest tasks."""
+        from html import escape
+        status = self.get_status()
+        if status == UNKNOWN:
+            return f"<b>Job {escape(repr(self.name))}</b>: Unknown ({escape(self._error or '')})"
+        spec, counts = self.spec, self._counts()
+        done = sum(v for k, v in counts.items() if k in FINAL)
+        env = spec.environment
+        head = (f"<b>Job {escape(repr(self.name))}</b> ({escape(spec.function_name)}, "
+                f"{spec.task_count} tasks) on {escape(str(env.get('name')))} "
+                f"[{escape(str(env.get('kind')))}]: <b>{status}</b><br>"
+                + ", ".join(f"{k}: {v}" for k, v in sorted(counts.items()) if v)
+                + f"<br><progress value='{done}' max='{spec.task_count}'></progress> "
+                f"{done} of {spec.task_count} finished")
+        rows = self._notable_rows(10)
+        if not rows:
+            return head
+        columns = ("task_name", "status", "run_time", "exception", "exception_message", "host",
+                   "attempt")
+        cells = "".join(
+            "<tr>" + "".join(f"<td>{escape(_cell(r.get(c)))}</td>" for c in columns) + "</tr>"
+            for r in rows)
+        return (head + "<table><thead><tr>" + "".join(f"<th>{c}</th>" for c in columns)
+                + f"</tr></thead><tbody>{cells}</tbody></table>"
+                + "<small>the first failed tasks and the slowest; job.get_metrics() has every row</small>")
+
     def __repr__(self) -> str:
         return f"<Job {self.name!r} {self.get_status()}>"
 
@@ -546,3 +574,12 @@ def _first_not_ok(status: bytearray, start: int) -> int:
     """Position of the first task at or after `start` that did not complete, or -1."""
     found = [p for p in (status.find(C_FAILED, start), status.find(C_CANCELED, start)) if p >= 0]
     return min(found, default=-1)
+
+
+def _cell(value: Any) -> str:
+    """A metrics value as table text: run times in seconds with milliseconds, None as ''."""
+    if value is None:
+        return ""
+    if isinstance(value, float):
+        return f"{value:.3f}s" if value == value else ""
+    return str(value)
