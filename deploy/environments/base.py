@@ -144,6 +144,12 @@ class Environment(abc.ABC):
     def to_dict(self) -> dict[str, Any]:
         return {"kind": self.kind, "name": self.name, "settings": self.settings()}
 
+    @classmethod
+    def load(cls, name: str) -> "Environment":
+        """The saved environment `name`, which must be of this class (TypeError otherwise)."""
+        from .registry import environments
+        return environments.load(name, cls)
+
     def save(self) -> "Environment":
         """Record this environment in the registry under its name (replacing an older one)."""
         from .registry import environments

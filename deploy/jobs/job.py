@@ -104,7 +104,7 @@ class Job:
         spec = self.spec
         if refresh:
             self._refresh()
-        claimed = self._claimed() if len(self._chunks) < spec.chunk_count else set()
+        claimed = set(self._attempts()) if len(self._chunks) < spec.chunk_count else set()
         rows = []
         for chunk in range(spec.chunk_count):
             got = self._chunks.get(chunk)
@@ -115,10 +115,6 @@ class Job:
             rows.extend({"task_name": spec.task_name(i), "task_index": i, "status": status}
                         for i in spec.chunk_tasks(chunk))
         return rows
-
-    def _claimed(self) -> set[int]:
-        """Chunks some worker has taken."""
-        return {c[0] for c in map(layout.parse_claim, self._store.list(layout.CLAIMS)) if c}
 
     def _combined_result(self) -> ChunkResult | None:
         if self._combined is None and self.spec.has_combiner:
@@ -497,7 +493,7 @@ class Job:
     def _counts(self) -> dict[str, int]:
         """Tasks per status, from the status columns (no row is built)."""
         spec = self.spec
-        claimed = self._claimed() if len(self._chunks) < spec.chunk_count else set()
+        claimed = set(self._attempts()) if len(self._chunks) < spec.chunk_count else set()
         counts: dict[str, int] = {}
         for chunk in range(spec.chunk_count):
             got = self._chunks.get(chunk)

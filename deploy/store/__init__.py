@@ -8,22 +8,24 @@ relayed workers: waiting would only delay that)."""
 from __future__ import annotations
 
 import importlib
+from typing import NamedTuple
 
 from .base import Storage, StorageError
 
-# scheme -> "module:factory"; backends load only when a URI of theirs is opened.
+class _Backend(NamedTuple):
+    target: str                     # "module:factory", loaded only when a URI of it is opened
+    remote: bool = False            # across a network: wrapped in RetryingStorage
+    needs: tuple[str, ...] = ()     # what a worker imports to open it (pip name = module)
+
+
+_HDFS = _Backend("deploy.store.hdfs:HdfsStorage", remote=True, needs=("hdfs",))
 _BACKENDS = {
-    "file": "deploy.store.local:LocalStorage",
-    "": "deploy.store.local:LocalStorage",
-    "s3": "deploy.store.s3:S3Storage",
-    "relay": "deploy.store.relay:RelayStorage",
-    "hdfs": "deploy.store.hdfs:HdfsStorage",
-    "webhdfs": "deploy.store.hdfs:HdfsStorage",
-    "swebhdfs": "deploy.store.hdfs:HdfsStorage",
+    "file": _Backend("deploy.store.local:LocalStorage"),
+    "": _Backend("deploy.store.local:LocalStorage"),
+    "s3": _Backend("deploy.store.s3:S3Storage", remote=True, needs=("boto3",)),
+    "relay": _Backend("deploy.store.relay:RelayStorage"),
+    "hdfs": _HDFS, "webhdfs": _HDFS, "swebhdfs": _HDFS,
 }
-_RETRIED = {"s3", "hdfs", "webhdfs", "swebhdfs"}     # schemes reached over a network
-# scheme -> what a worker must be able to import to open such a store (pip name = module)
-_NEEDS = {"s3": ("boto3",), "hdfs": ("hdfs",), "webhdfs": ("hdfs",), "swebhdfs": ("hdfs",)}
 
 
 def register_backend(scheme: str, target: str, retry: bool = False,
@@ -31,19 +33,15 @@ def register_backend(scheme: str, target: str, retry: bool = False,
     """Let `open_store` handle `scheme://...` with the factory named by 'module:callable';
     `retry`: wrap its stores in RetryingStorage (a store across a network); `needs`: the
     libraries its workers must import (environments ship them to hosts that lack them)."""
-    _BACKENDS[scheme] = target
-    _NEEDS[scheme] = tuple(needs)
-    if retry:
-        _RETRIED.add(scheme)
-    else:
-        _RETRIED.discard(scheme)
+    _BACKENDS[scheme] = _Backend(target, retry, tuple(needs))
 
 
 def worker_needs(uri: str) -> tuple[str, ...]:
     """The libraries (pip names, imported under the same names) a worker needs to open the
     store at `uri`, beyond the standard library and deploy's runtime."""
     scheme, sep, _ = uri.partition("://")
-    return _NEEDS.get(scheme if sep else "", ())
+    backend = _BACKENDS.get(scheme if sep else "")
+    return backend.needs if backend else ()
 
 
 def open_store(uri: str, retry_seconds: float | None = None) -> Storage:
@@ -54,14 +52,14 @@ def open_store(uri: str, retry_seconds: float | None = None) -> Storage:
     if not sep:
         scheme, rest = "", uri
     try:
-        target = _BACKENDS[scheme]
+        backend = _BACKENDS[scheme]
     except KeyError:
         raise ValueError(f"unknown store scheme {scheme!r} in {uri!r}; known: "
                          + ", ".join(sorted(s for s in _BACKENDS if s))) from None
-    module, _, name = target.partition(":")
+    module, _, name = backend.target.partition(":")
     factory = getattr(importlib.import_module(module), name)
     store = factory(rest) if scheme in ("file", "") else factory(uri)
-    if scheme in _RETRIED:
+    if backend.remote:
         from .retrying import RetryingStorage
         store = RetryingStorage(store, retry_seconds)
     return store

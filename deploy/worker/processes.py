@@ -12,23 +12,13 @@ import time
 
 
 def _stat(pid: int) -> list[bytes] | None:
-    """The fields of /proc/PID/stat after the command name (state first), or None."""
+    """The fields of /proc/PID/stat after the command name (state first); None when the
+    process is gone (or /proc is absent). Other errors (a /proc we may not read) raise."""
     try:
         with open(f"/proc/{pid}/stat", "rb") as f:
             return f.read().rsplit(b")", 1)[1].split()
-    except (OSError, IndexError):
-        return None
-
-
-def _proc_state(pid: int) -> str | None:
-    """The process's state letter from /proc (None when it is gone or /proc is absent)."""
-    try:
-        with open(f"/proc/{pid}/stat", "rb") as f:
-            return f.read().rsplit(b")", 1)[1].split()[0].decode()
     except (FileNotFoundError, ProcessLookupError, IndexError):
         return None
-    except OSError:
-        return "?"
 
 
 def start_time(pid: int) -> int:
@@ -41,8 +31,11 @@ def start_time(pid: int) -> int:
 def process_alive(pid: int) -> bool:
     """True while the process exists and is not a zombie."""
     if os.path.isdir("/proc/self"):
-        state = _proc_state(pid)
-        return state is not None and state not in ("Z", "X")
+        try:
+            fields = _stat(pid)
+        except OSError:
+            return True                 # there, but not ours to read
+        return fields is not None and fields[0] not in (b"Z", b"X")
     try:
         os.kill(pid, 0)
     except ProcessLookupError:

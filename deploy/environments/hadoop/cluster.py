@@ -262,9 +262,8 @@ def create(name: str, dist_path: str, hadoop_conf_dir: str | None = None,
 
 
 def load(name: str) -> HadoopCluster:
-    """The saved Hadoop cluster `name` (it connects when first used)."""
-    from ..registry import environments
-    return environments.load(name, HadoopCluster)
+    """The saved cluster `name` (it connects when first used)."""
+    return HadoopCluster.load(name)
 
 
 __all__ = ["HadoopCluster", "HadoopError", "create", "load"]

@@ -420,9 +420,8 @@ def create(name: str, hosts: list[str] | str, key_filename: str | list[str] | No
 
 
 def load(name: str) -> SshCluster:
-    """The saved SSH cluster `name` (connects lazily, when first used)."""
-    from ..registry import environments
-    return environments.load(name, SshCluster)
+    """The saved cluster `name` (connects lazily, when first used)."""
+    return SshCluster.load(name)
 
 
 __all__ = ["SshCluster", "HostError", "create", "load"]
