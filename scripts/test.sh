@@ -17,6 +17,10 @@ command -v ssh-keygen >/dev/null || need+=(openssh-client)
 [ -x /usr/bin/python3 ] || need+=(python3)
 /usr/bin/python3 -c 'import venv, ensurepip' 2>/dev/null || need+=(python3-venv)
 /usr/bin/python3 -m pip --version >/dev/null 2>&1 || need+=(python3-pip)
+# CPython's own executor tests (run against deploy.Executor) and a headless browser for the dashboard.
+[ -f /usr/lib/python3.11/test/test_concurrent_futures.py ] || need+=(libpython3.11-testsuite)
+command -v chromium >/dev/null || need+=(chromium)
+command -v chromedriver >/dev/null || need+=(chromium-driver)
 if [ ${#need[@]} -gt 0 ]; then
     as_root apt-get update -qq
     as_root env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${need[@]}" >/dev/null
