@@ -33,13 +33,16 @@ HERE = os.path.dirname(os.path.abspath(__file__))
 ROOT = os.path.dirname(HERE)
 CHILD = os.path.join(HERE, "workloads.py")
 CORES = os.cpu_count() or 1
-PEERS = ["pool", "ppe", "joblib", "dask", "ray"]
+PEERS = ["pool", "ppe", "joblib", "dask", "dask-batched", "ray", "ray-batched"]
 TOOLS = ["deploy"] + PEERS
 LABEL = {"deploy": "deploy (LocalAsync)", "pool": "multiprocessing.Pool.map",
          "ppe": "ProcessPoolExecutor.map", "joblib": "joblib (loky)",
-         "dask": "Dask LocalCluster + Client.map", "ray": "Ray remote tasks"}
+         "dask": "Dask LocalCluster + Client.map",
+         "dask-batched": "Dask Client.map over batches (~4 per worker)", "ray": "Ray remote tasks",
+         "ray-batched": "Ray remote tasks over batches (~4 per CPU)"}
 SHORT = {"deploy": "deploy", "pool": "Pool", "ppe": "PPE", "joblib": "joblib", "dask": "Dask",
-         "ray": "Ray"}
+         "dask-batched": "Dask batched",
+         "ray": "Ray", "ray-batched": "Ray batched"}
 GiB, MiB = 1 << 30, 1 << 20
 
 # Sizes, rounds per peer (each round = one deploy run + one peer run) and the time limit of
@@ -47,18 +50,26 @@ GiB, MiB = 1 << 30, 1 << 20
 # for 1M, a time limit (the peak reached by then is reported as a lower bound).
 FULL = {
     "tiny": dict(params={"n": 100_000, "no_warm": ["dask", "ray"]},
-                 rounds={"pool": 5, "ppe": 5, "joblib": 3, "dask": 1, "ray": 1}, timeout=420),
+                 rounds={"pool": 5, "ppe": 5, "joblib": 3, "dask": 1, "dask-batched": 3, "ray": 1,
+                         "ray-batched": 3},
+                 timeout=420),
     "cpu": dict(params={"tasks": 64, "seconds": 0.25},
-                rounds={"pool": 3, "ppe": 1, "joblib": 1, "dask": 1, "ray": 1}, timeout=120),
-    "small": dict(params={"n": 4}, rounds={"pool": 5, "ppe": 3, "joblib": 3, "dask": 3, "ray": 3},
+                rounds={"pool": 3, "ppe": 1, "joblib": 1, "dask": 1, "dask-batched": 1, "ray": 1,
+                        "ray-batched": 1},
+                timeout=120),
+    "small": dict(params={"n": 4}, rounds={"pool": 5, "ppe": 3, "joblib": 3, "dask": 3, "dask-batched": 0,
+                                           "ray": 3, "ray-batched": 0},
                   timeout=120),
-    "mem1m": dict(params={"n": 1_000_000}, rounds={"pool": 2, "ppe": 1, "joblib": 1, "dask": 1, "ray": 1},
+    "mem1m": dict(params={"n": 1_000_000}, rounds={"pool": 2, "ppe": 1, "joblib": 1, "dask": 1,
+                                                   "dask-batched": 0, "ray": 1, "ray-batched": 0},
                   timeout=150, tool_timeout={"dask": 45, "ray": 45}),
     # Dask copies the pickled lambda into the scheduler and every worker (~9x the array at
     # 256 MiB): at 2 GiB that is ~18 GB, more than this shared 24 GB machine can spare, so
     # Dask runs this workload with a 256 MiB array (compare PSS / array, not GB).
     "closure": dict(params={"bytes": 2 * GiB, "tasks": 8},
-                    rounds={"pool": 1, "ppe": 1, "joblib": 1, "dask": 1, "ray": 1}, timeout=240,
+                    rounds={"pool": 1, "ppe": 1, "joblib": 1, "dask": 1, "dask-batched": 0, "ray": 1,
+                            "ray-batched": 0},
+                    timeout=240,
                     tool_params={"dask": {"bytes": 256 * MiB}}),
     "ssh": dict(params={"rounds": 3}, timeout=180),
 }
@@ -564,7 +575,7 @@ def markdown(results: dict, summary: dict, machine: dict, target_rows: list, qui
                      "| other load, cores | ≈ efficiency on the CPU left | deploy/peer wall |")
             L.append("|---|---:|---:|---:|---:|---:|---:|")
             for t, row in rows.items():
-                adj = "—" if t == "ray" else f(row.get("efficiency_adj"))
+                adj = "—" if t in ("ray", "ray-batched") else f(row.get("efficiency_adj"))
                 L.append(f"| {tool_cell(t, row)} | {f(row['cold'])} | {f(row['efficiency'])} | "
                          f"{f(row['efficiency_warm'])} | {f(row['other_load_cores'], '.2f')} | "
                          f"{adj} | {ratio_cell(row)} |")
@@ -685,7 +696,7 @@ def chart(summary: dict, results: dict, path: str, title: str, target_rows: list
                 main.append(row["cold"]), second.append(row["warm"])
             elif w == "cpu":
                 main.append(row["efficiency"])
-                second.append(None if t == "ray" else row.get("efficiency_adj"))
+                second.append(None if t in ("ray", "ray-batched") else row.get("efficiency_adj"))
             elif w == "mem1m":
                 main.append(row["peak_mb"] or row.get("peak_at_least_mb")), second.append(None)
             else:

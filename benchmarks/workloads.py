@@ -182,6 +182,24 @@ class Dask:
         self.cluster.close()
 
 
+def run_batch(fn, batch):
+    return [fn(x) for x in batch]
+
+
+class DaskBatched(Dask):
+    """Dask as practised for many small tasks: one task per batch of items (about 4 batches
+    per worker, as dask.bag partitions or Pool.map's chunksize would), not one per item."""
+    name = "dask-batched"
+
+    def map(self, fn, items, kind):
+        items = list(items)
+        size = max(1, math.ceil(len(items) / (4 * CORES)))
+        batches = [items[i:i + size] for i in range(0, len(items), size)]
+        parts = self.client.gather(self.client.map(run_batch, [fn] * len(batches), batches,
+                                                   pure=False))
+        return [x for part in parts for x in part]
+
+
 class Ray:
     name = "ray"
 
@@ -206,7 +224,27 @@ class Ray:
         self.ray.shutdown()
 
 
-TOOLS = {cls.name: cls for cls in (Deploy, Pool, Ppe, Joblib, Dask, Ray)}
+class RayBatched(Ray):
+    """Ray as practised for many small tasks: one remote task per batch of items (about 4
+    batches per CPU), not one per item."""
+    name = "ray-batched"
+
+    def map(self, fn, items, kind, *extra):
+        items = list(items)
+        size = max(1, math.ceil(len(items) / (4 * CORES)))
+        batches = [items[i:i + size] for i in range(0, len(items), size)]
+        rf = self.remote.get("batch")
+        if rf is None:
+            rf = self.remote["batch"] = self.ray.remote(run_batch_args)
+        parts = self.ray.get([rf.remote(fn, batch, *extra) for batch in batches])
+        return [x for part in parts for x in part]
+
+
+def run_batch_args(fn, batch, *extra):
+    return [fn(x, *extra) for x in batch]
+
+
+TOOLS = {cls.name: cls for cls in (Deploy, Pool, Ppe, Joblib, Dask, DaskBatched, Ray, RayBatched)}
 
 
 # ----------------------------------------------------------------------------- workloads

@@ -22,8 +22,13 @@ _LAZY = {
     "jobs": "deploy.jobs",
     "Job": "deploy.jobs.job:Job",
     "JobError": "deploy.errors:JobError",
+    "Executor": "deploy.executor:Executor",
     "ssh_cluster": "deploy.environments.ssh.cluster",
     "hadoop_cluster": "deploy.environments.hadoop.cluster",
+    "ec2_cluster": "deploy.environments.ec2.cluster",
+    "Ec2Config": "deploy.environments.ec2.config:Ec2Config",
+    "dask_cluster": "deploy.environments.dask.cluster",
+    "ray_cluster": "deploy.environments.ray.cluster",
 }   # a name joins only with its module: tests/test_public_names.py imports every one
 
 __all__ = sorted(_LAZY) + ["__version__"]

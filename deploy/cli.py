@@ -155,7 +155,9 @@ def cmd_run(args: argparse.Namespace) -> int:
                              "--detach would end: give it a shared store (or do not detach)")
     options = {k: v for k, v in (("max_retries", args.max_retries), ("task_timeout", args.task_timeout),
                                  ("chunk_size", args.chunk_size), ("fail_fast", args.fail_fast or None),
-                                 ("max_concurrent_tasks", args.max_concurrent_tasks)) if v is not None}
+                                 ("max_concurrent_tasks", args.max_concurrent_tasks),
+                                 ("cpu", args.cpu), ("memory_gb", args.memory_gb),
+                                 ("gpu", args.gpu)) if v is not None}
     try:
         job = deploy.map_job.create(fn, params, name=args.name, environment=env,
                                     combiner_function=combiner, **options)
@@ -183,9 +185,24 @@ def _print_results(job) -> None:
         print("combined: " + _json(job.get_results()))
 
 
+def _write_table(job, what: str, path: str) -> None:
+    """`deploy jobs metrics|results JOB --output FILE`: the table into FILE, its format by the
+    extension (.parquet, .feather/.arrow, .csv); nothing is written when it cannot be whole."""
+    from .jobs import tables
+    write = tables.write_metrics if what == "metrics" else tables.write_results
+    try:
+        rows = write(job, path)
+    except (tables.TableError, ValueError) as exc:
+        raise UsageError(str(exc)) from None
+    print(f"wrote {rows} rows of {what} of job {job.name} to {path}")
+
+
 def cmd_jobs(args: argparse.Namespace) -> int:
     import deploy
     action = args.action or "list"
+    if args.output and action not in ("metrics", "results"):
+        raise UsageError(f"--output goes with 'deploy jobs metrics' or 'deploy jobs results', "
+                         f"not {action!r}")
     if action == "list":
         if args.refs:
             raise UsageError(f"deploy jobs list takes no arguments, got {args.refs[0]!r}")
@@ -216,10 +233,16 @@ def cmd_jobs(args: argparse.Namespace) -> int:
         if error:
             print("\n" + error)
     elif action == "metrics":
+        if args.output:
+            _write_table(job, "metrics", args.output)
+            return EXIT_OK
         from .jobs.metrics import COLUMNS, to_table
         print(to_table(job.metric_rows(), columns=[c for c in COLUMNS if c != "exception_traceback"]))
     elif action == "results":
-        _print_results(job)
+        if args.output:
+            _write_table(job, "results", args.output)
+        else:
+            _print_results(job)
         return EXIT_OK if job.get_status() == "Completed" else EXIT_FAILED
     elif action == "logs":
         try:
@@ -256,6 +279,9 @@ def cmd_envs(args: argparse.Namespace) -> int:
         elif action == "rm":
             deploy.environments.delete(_one(args, "rm"))
             print(f"removed {args.rest[0]}")
+        elif action == "stop":     # release what it holds (a cluster's instances); keep it saved
+            deploy.environments[_one(args, "stop")].stop()
+            print(f"stopped {args.rest[0]}")
     except EnvironmentNotFound as exc:
         raise UsageError(str(exc)) from None
     return EXIT_OK
@@ -268,6 +294,20 @@ def cmd_envs_create(args: argparse.Namespace) -> int:
     except (TypeError, ValueError) as exc:
         raise UsageError(str(exc)) from None
     print(f"saved {env!r}: {env.num_workers()} workers")
+    return EXIT_OK
+
+
+def cmd_dashboard(args: argparse.Namespace) -> int:
+    """Serve the dashboard until interrupted."""
+    from .dashboard import serve
+    if not 0 <= args.port <= 65535:
+        raise UsageError(f"--port {args.port}: use 0-65535")
+    try:
+        serve(args.host, args.port)
+    except ImportError as exc:
+        raise UsageError(str(exc)) from None
+    except KeyboardInterrupt:
+        pass
     return EXIT_OK
 
 
@@ -292,7 +332,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     run = sub.add_parser("run", help="run FUNC over a parameter file and wait for it")
     run.add_argument("function", help="FILE.py:FUNC or module:FUNC")
-    run.add_argument("--params", required=True, help="JSON list of objects, JSON Lines, or CSV")
+    run.add_argument("--params", required=True, help="JSON list of objects, JSON Lines, CSV, Parquet or Feather/Arrow")
     run.add_argument("--env", help="a saved environment's name (default: LocalAsync)")
     run.add_argument("--combiner", help="FILE.py:FUNC or module:FUNC, called with **{task: result}")
     run.add_argument("--name", help="job name (default: FUNC-TIMESTAMP)")
@@ -302,17 +342,22 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--chunk-size", type=int)
     run.add_argument("--max-concurrent-tasks", type=int)
     run.add_argument("--fail-fast", action="store_true")
+    run.add_argument("--cpu", type=float, help="cores each task needs")
+    run.add_argument("--memory-gb", type=float, help="memory each task may use (GB); more fails it")
+    run.add_argument("--gpu", type=int, help="GPUs each task needs")
     run.set_defaults(handler=cmd_run)
 
     jobs = sub.add_parser("jobs", help="list / show / metrics / results / logs / cancel / resume / rm")
     jobs.add_argument("action", nargs="?", choices=["list", "show", "metrics", "results", "logs",
                                                     "cancel", "resume", "rm"])
     jobs.add_argument("refs", nargs="*", help="job name or index (logs: then a task name)")
+    jobs.add_argument("--output", "-o", metavar="FILE", help="metrics, results: write the table to "
+                      "FILE (.parquet, .feather/.arrow or .csv) instead of printing it")
     jobs.set_defaults(handler=cmd_jobs)
 
-    envs = sub.add_parser("envs", help="list / show / rm / create saved environments")
+    envs = sub.add_parser("envs", help="list / show / rm / stop / create saved environments")
     envs_sub = envs.add_subparsers(dest="action", parser_class=_Parser)
-    for action in ("list", "show", "rm"):
+    for action in ("list", "show", "rm", "stop"):
         p = envs_sub.add_parser(action)
         p.add_argument("rest", nargs="*")
         p.set_defaults(handler=cmd_envs)
@@ -320,6 +365,12 @@ def build_parser() -> argparse.ArgumentParser:
     kinds = create.add_subparsers(dest="kind", required=True, parser_class=_Parser)
     _add_backend_parsers(kinds)
     envs.set_defaults(handler=cmd_envs, rest=[])
+
+    dashboard = sub.add_parser("dashboard", help="serve a live web view of jobs (deploy[dashboard])")
+    dashboard.add_argument("--port", type=int, default=8765, help="default 8765; 0: any free port")
+    dashboard.add_argument("--host", default="127.0.0.1",
+                           help="address to bind (default 127.0.0.1: this machine only)")
+    dashboard.set_defaults(handler=cmd_dashboard)
     return parser
 
 

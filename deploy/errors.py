@@ -16,6 +16,10 @@ class ConfigError(DeployError, ValueError):
     """The configuration (file, DEPLOY_* variable, deploy home) cannot be used as it is."""
 
 
+class ResourceError(DeployError, ValueError):
+    """Per-task resources (cpu, memory_gb, gpu) that no machine of the environment can meet."""
+
+
 class JobNotFound(DeployError, KeyError):
     """No job by that name or index in the registry."""
 

@@ -44,6 +44,9 @@ def _parameters(parameter_set: Any, max_tasks: int, dicts: bool = True,
                 function: Callable | None = None) -> list:
     """The tasks' inputs as a list, checked: dicts of keyword arguments that fit `function`'s
     signature (when `dicts`: at least one), at most `max_tasks`."""
+    if dicts:                           # a pandas DataFrame or Arrow table: one task per row
+        from .param_files import table_rows
+        parameter_set = table_rows(parameter_set, max_tasks + 1)
     if not dicts and not isinstance(parameter_set, Iterable):
         raise TypeError(f"deploy.map() needs an iterable, got {type(parameter_set).__name__}")
     if isinstance(parameter_set, (str, bytes, Mapping)) or not isinstance(parameter_set, Iterable):
@@ -206,7 +209,9 @@ def create(function: Callable, parameter_set: Iterable[Mapping[str, Any]], name:
            combiner_function: Callable | None = None, *, max_retries: int = 0,
            task_timeout: float | None = None, max_concurrent_tasks: int | None = None,
            chunk_size: int | None = None, max_tasks: int | None = None,
-           fail_fast: bool = False, worker_retries: int | None = None) -> Job:
+           fail_fast: bool = False, worker_retries: int | None = None,
+           cpu: float | None = None, memory_gb: float | None = None,
+           gpu: int | None = None) -> Job:
     """Run `function(**params)` for every dict in `parameter_set`, where `environment` says.
 
     Returns at once with a Job (except in the blocking `Local` environment). Nothing is
@@ -216,12 +221,16 @@ def create(function: Callable, parameter_set: Iterable[Mapping[str, Any]], name:
     `chunk_size` sets tasks per chunk; `max_tasks` refuses larger parameter sets;
     `fail_fast` stops the job at the first failed task; `worker_retries` is how often a
     chunk whose worker was lost runs again before its tasks fail with WorkerLost.
+    Per-task resources: `cpu` cores, `memory_gb` of memory (a task that uses more is
+    stopped and fails with TaskMemoryExceeded) and `gpu` GPUs; the environment runs only
+    as many tasks at once as its machines hold, and refuses (ValueError) a request no
+    machine can meet, before anything runs.
     """
     return submit(function, parameter_set, "kwargs", name=name, environment=environment,
                   combiner_function=combiner_function, max_retries=max_retries,
                   task_timeout=task_timeout, max_concurrent_tasks=max_concurrent_tasks,
                   chunk_size=chunk_size, max_tasks=max_tasks, fail_fast=fail_fast,
-                  worker_retries=worker_retries)
+                  worker_retries=worker_retries, cpu=cpu, memory_gb=memory_gb, gpu=gpu)
 
 
 def submit(function: Callable, items: Iterable[Any], call_style: str, *, name: str | None = None,
@@ -230,7 +239,8 @@ def submit(function: Callable, items: Iterable[Any], call_style: str, *, name: s
            task_timeout: float | None = None, max_concurrent_tasks: int | None = None,
            chunk_size: int | None = None, max_tasks: int | None = None,
            fail_fast: bool = False, worker_retries: int | None = None,
-           single: bool = False) -> Job | None:
+           single: bool = False, cpu: float | None = None, memory_gb: float | None = None,
+           gpu: int | None = None) -> Job | None:
     """Validate, write and launch a job whose tasks call `function` on `items` in
     `call_style` ("kwargs": fn(**item), "arg": fn(item), "args": fn(*item)). No items
     (possible for "arg"/"args" only): every argument is still checked, and no job is made."""
@@ -250,6 +260,7 @@ def submit(function: Callable, items: Iterable[Any], call_style: str, *, name: s
         _check_count(chunk_size, "chunk_size", 1)
     if not isinstance(fail_fast, bool):
         raise TypeError(f"fail_fast must be True or False, got {fail_fast!r}")
+    resources = specs.check_resources(cpu, memory_gb, gpu)
     if name is not None:
         _check_name(name)
     _check_task_function(function, "function")
@@ -266,7 +277,7 @@ def submit(function: Callable, items: Iterable[Any], call_style: str, *, name: s
     stored = function_blob is not None and (combiner_function is None or combiner_blob is not None)
 
     label = specs.function_label(function)
-    available = env.num_workers()
+    available = env.task_slots(resources)       # ResourceError: a request no machine meets
     workers = min(available, max_concurrent_tasks or available)
     bounds = None if chunk_size else specs.guided_bounds(len(params), workers)
     job_id = uuid.uuid4().hex[:16]
@@ -280,7 +291,8 @@ def submit(function: Callable, items: Iterable[Any], call_style: str, *, name: s
         combiner_name=specs.function_label(combiner_function) if combiner_function else None,
         environment=env.to_dict(), lease_seconds=float(settings["lease_seconds"]),
         heartbeat_seconds=float(settings["heartbeat_seconds"]), single=single,
-        call_style=call_style, function_stored=stored, max_concurrent_tasks=max_concurrent_tasks)
+        call_style=call_style, function_stored=stored, max_concurrent_tasks=max_concurrent_tasks,
+        resources=resources)
     try:
         functions = {"map": function}
         if combiner_function is not None:

@@ -17,7 +17,7 @@ def map(function: Callable, *iterables: Iterable, ordered: bool = True, stream: 
     task name (stream=False turns that off). A failed task raises JobError; leaving the
     generator early cancels the rest, and so does Ctrl-C while waiting for the list.
     No items: [] (or an empty generator) and no job, as builtin map.
-    Other options go to map_job.create.
+    Other options go to map_job.create, per-task resources among them: cpu=, memory_gb=, gpu=.
     """
     from . import map_job
     if not iterables:

@@ -10,6 +10,8 @@ import pytest
 
 from conftest_ssh import moto_server, s3_env, ssh_hosts  # noqa: F401  (cluster fixtures)
 from conftest_hadoop import hadoop_cluster  # noqa: F401  (the Hadoop mini cluster)
+from conftest_dask import dask_cluster, dask_env  # noqa: F401  (a real Dask cluster)
+from conftest_ray import ray_cluster, ray_env  # noqa: F401  (a real Ray cluster)
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 

@@ -6,7 +6,6 @@ import ast
 import os
 
 ROOT = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "deploy")
-BACKENDS = ("deploy.environments.local", "deploy.environments.ssh", "deploy.environments.hadoop")
 
 
 def _modules() -> dict[str, str]:
@@ -21,6 +20,15 @@ def _modules() -> dict[str, str]:
 
 
 MODULES = _modules()
+# one folder per backend: every package directly under deploy/environments
+BACKENDS = tuple(sorted(m for m, path in MODULES.items() if m.startswith("deploy.environments.")
+                        and m.count(".") == 2 and path.endswith("__init__.py")))
+# a backend may build on another's transport: EC2 is a source of hosts reached over SSH
+BUILDS_ON = {"deploy.environments.ec2": ("deploy.environments.ssh",)}
+
+
+def _within(module: str, package: str) -> bool:
+    return module == package or module.startswith(package + ".")
 
 
 def _runtime_nodes(tree: ast.AST):
@@ -100,15 +108,18 @@ def test_the_worker_imports_only_the_contract_and_the_stores():
 def test_no_module_outside_a_backend_folder_imports_it():
     """The core reaches backends by kind name (the deploy.environments entry points)."""
     crossing = [(m, i) for m in GRAPH for i in GRAPH[m] for b in BACKENDS
-                if i.startswith(b) and not m.startswith(b)]
+                if _within(i, b) and not _within(m, b)
+                and not any(_within(m, user) for user, bases in BUILDS_ON.items() if b in bases)]
     assert crossing == []
 
 
 def test_backend_packages_load_nothing_until_used():
     """An SSH agent and a YARN container import their backend's package without the
     client's libraries: the packages' __init__ import no module."""
-    for backend in BACKENDS[1:]:
-        assert GRAPH[backend] == set(), backend
+    assert "deploy.environments.ssh" in BACKENDS
+    for backend in BACKENDS:
+        if backend != "deploy.environments.local":
+            assert GRAPH[backend] == set(), backend
 
 
 def test_every_kind_round_trips_through_its_declared_settings(tmp_path):
@@ -124,6 +135,8 @@ def test_every_kind_round_trips_through_its_declared_settings(tmp_path):
         "hadoop": {"dist_path": "/user/me/deploy", "webhdfs_url": "http://nn:9870",
                    "resourcemanager_url": "http://rm:8088", "num_containers": 3,
                    "additional_packages": ["pandas"], "am_memory": 768},
+        "ray": {"address": "10.0.0.2:6379", "store": "s3://bucket/jobs",
+                "additional_packages": ["numpy"], "timeout": 20.0},
     }
     for kind, arguments in examples.items():
         cls = kind_class(kind)
@@ -133,3 +146,11 @@ def test_every_kind_round_trips_through_its_declared_settings(tmp_path):
         again = cls.from_settings("example", settings)
         assert again.to_dict() == env.to_dict(), kind
         assert again.settings() == settings, kind
+
+
+def test_the_executors_worker_side_imports_only_the_contract():
+    """deploy.executor.remote is unpickled in every task process of an executor's job:
+    it imports nothing of deploy beyond the worker and the contract, so no client code comes along."""
+    assert "deploy.executor.remote" in GRAPH
+    assert {i for i in GRAPH["deploy.executor.remote"]
+            if not _within(i, "deploy.jobdir") and not _within(i, "deploy.worker")} == set()

@@ -41,6 +41,8 @@ import pytest
 import deploy
 from conftest import run_python
 from conftest_hadoop import node_python, pids_with_env
+from conftest_ray import ray_cancel_leftovers, ray_tasks_gone
+from conftest_ec2 import ec2_behaviour_env, ec2_suite_env, ec2_world  # noqa: F401  (the EC2 env)
 from deploy.environments.base import Environment
 from deploy.jobs.job import Job
 from deploy.worker.processes import process_alive
@@ -220,6 +222,10 @@ class Env:
             return not any(process_alive(p) for p in handle.get("pids", []))
         if self.kind == "ssh":
             return not group_members(ssh_groups(handle))
+        if self.kind == "dask":        # no task of the job on the scheduler or in a worker
+            return self.environment.tasks_left(handle) == 0
+        if self.kind == "ray":         # the job's Ray driver saw every task end
+            return ray_tasks_gone(handle)
         from deploy.environments.hadoop.yarn import LIVE_STATES
         return (self.hadoop.app(handle["app"])["state"] not in LIVE_STATES
                 and not app_pids(handle["app"]))
@@ -293,7 +299,10 @@ def folder():
 
 ENVIRONMENTS = [pytest.param("local"), pytest.param("local_async"),
                 pytest.param("ssh", marks=pytest.mark.ssh),
-                pytest.param("hadoop", marks=pytest.mark.hadoop)]
+                pytest.param("hadoop", marks=pytest.mark.hadoop),
+                pytest.param("dask", marks=pytest.mark.dask),
+                pytest.param("ray", marks=pytest.mark.ray),
+                pytest.param("ec2", marks=[pytest.mark.ssh, pytest.mark.ec2])]
 
 
 def not_on_local(reason: str) -> Any:
@@ -324,6 +333,13 @@ def env(request, folder, deploy_home):
             for pid in left:
                 os.kill(pid, signal.SIGKILL)
         assert not left, f"workers left on the hosts: {left}"
+    elif kind == "dask":               # 2 workers x 2 threads (tests/conftest_dask.py)
+        yield Env(kind, request.getfixturevalue("dask_env"), 4, 60, folder)
+    elif kind == "ray":                # a head and a node, 1 CPU each (tests/conftest_ray.py)
+        yield Env(kind, request.getfixturevalue("ray_env"), 2, 60, folder)
+        ray_cancel_leftovers()
+    elif kind == "ec2":                # three instances, one task each (tests/conftest_ec2.py)
+        yield from ec2_behaviour_env(request, Env, folder, deploy_home)
     else:
         cluster = request.getfixturevalue("hadoop_cluster")
         try:
@@ -449,7 +465,8 @@ def test_killed_worker_is_taken_over(env):
     owner = job._store.get("claims/000000.0").decode()
     pid = wait_for(lambda: _heartbeat_pid(job, owner), timeout=env.timeout,
                    what="the worker's first heartbeat")
-    assert b"python" in _cmdline(pid)                 # a worker process of this machine
+    assert b"python" in _cmdline(pid) or _cmdline(pid).startswith(b"ray::")  # a worker
+    # process of this machine (Ray titles its workers ray::<task name>)
     os.kill(pid, signal.SIGKILL)
     assert job.wait(timeout=env.timeout) == "Completed"
     assert job.get_map_results() == [0, 1, 2, 3]
@@ -594,3 +611,41 @@ def test_retries_timeouts_and_fail_fast(env):
     assert set(metrics.status) <= {"Completed", "Failed", "Canceled"}
     for job in (retried, timed, fast):
         _one_result_per_chunk(job)
+
+
+# ---------------------------------------------------------------------------- per-task resources
+
+def hold_memory(mb, seconds):
+    """Touch `mb` MB and keep them for `seconds` seconds."""
+    block = bytearray(mb * 1024 * 1024)
+    time.sleep(seconds)
+    return len(block) // (1024 * 1024)
+
+
+def test_memory_gb_is_enforced(env):
+    """A task that uses more than memory_gb is stopped and fails with TaskMemoryExceeded (a
+    MemoryError, not a lost worker) giving the limit and its peak; the others complete.
+    Local cannot stop the caller's process: it fails the task when it returns."""
+    hold = 1 if env.blocking else 30
+    job = env.create(hold_memory, [{"mb": 5, "seconds": 0}, {"mb": 400, "seconds": hold},
+                                   {"mb": 5, "seconds": 0}], memory_gb=0.2, chunk_size=1)
+    assert job.wait(timeout=env.timeout) == "Failed"
+    metrics = job.get_metrics()
+    assert list(metrics.status) == ["Completed", "Failed", "Completed"]
+    row = metrics.iloc[1]
+    assert row.exception == "TaskMemoryExceeded", (row.exception, row.exception_message)
+    assert row.exception_message.startswith("task exceeded memory_gb=0.2 (205 MB): its memory "
+                                            "peaked at "), row.exception_message
+    assert row.run_time < 20
+    assert job.get_map_results() == [5, None, 5]
+
+
+def test_a_request_no_machine_meets_is_refused(env):
+    """cpu= (or gpu=) beyond every machine: ValueError naming what was asked and what there
+    is, before anything is written or started."""
+    from cli_run import nothing_written
+    with pytest.raises(ValueError, match=r"^cpu=100000 but the largest (host|node|worker) has \d+ cores \("):
+        env.create(add, [{"x": 1, "y": 2}], cpu=100000)
+    with pytest.raises(ValueError, match=r"^gpu=1 but no (host|node|worker) has a GPU: 0 GPUs available \("):
+        env.create(add, [{"x": 1, "y": 2}], gpu=1)
+    assert nothing_written(os.environ["DEPLOY_HOME"])

@@ -9,6 +9,7 @@ import time
 import deploy
 from deploy.environment import LocalAsync
 from deploy.worker.processes import process_alive
+from conftest import run_python
 from waiting import wait_for
 
 
@@ -111,3 +112,24 @@ def test_resume_keeps_every_option_of_the_job(tmp_path):
     assert len(spans) >= 5
     assert all(a[1] <= b[0] for a, b in zip(spans, spans[1:])), "tasks overlapped after resume"
     assert job.get_metrics().attempt[4] == 2
+
+
+def test_a_job_opened_before_another_process_resumes_it_sees_the_new_run(tmp_path):
+    """A Job caches published results; a resume() elsewhere deletes and republishes them, and
+    the handle opened before (a notebook, the dashboard) follows instead of staying Failed."""
+    marker = str(tmp_path / "c")
+    job = deploy.map_job.create(slow_once, [{"marker": marker, "i": i} for i in range(4)],
+                                chunk_size=1, environment=LocalAsync("two", num_workers=2))
+    wait_for(lambda: len(glob.glob(f"{marker}-pid-*")) >= 2, what="two tasks to start")
+    job.cancel()
+    seen = deploy.jobs[job.name]
+    assert seen.get_status() == "Canceled" and seen.get_map_results() == [None] * 4
+    open(f"{marker}-resumed", "w").close()
+    run_python(f"""
+        import deploy
+        job = deploy.jobs[{job.name!r}].resume()
+        print(job.wait(timeout=60))
+    """, env={"PYTHONPATH": os.path.dirname(__file__)})
+    assert seen.get_status() == "Completed"
+    assert seen.get_results() == list(range(4))
+    assert set(seen.get_metrics().status) == {"Completed"}

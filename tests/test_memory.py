@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import deploy
 from deploy.environment import LocalAsync
+from waiting import wait_for
 
 SIZE = 256 * 1024 * 1024
 
@@ -45,10 +46,14 @@ def test_large_closure_is_not_copied_into_the_job_directory(monkeypatch):
     job = deploy.map_job.create(lambda i: big[i], [{"i": 0}, {"i": 1}])
     assert job.get_results() == [ord("y")] * 2
     assert not os.path.exists(job._store.local_path("function.pkl"))
-    job.cancel()
+
+    import time
+    stuck = deploy.map_job.create(lambda i: big[i] if i == 0 else time.sleep(60),
+                                  [{"i": 0}, {"i": 1}], chunk_size=1)
+    wait_for(lambda: stuck.get_map_results()[0] == ord("y"), what="the first task")
+    stuck.cancel()
     with pytest.raises(JobError, match="cannot be resumed"):
-        job._store.delete("results/000000")
-        job.resume()
+        stuck.resume()
 
     small = deploy.map_job.create(lambda i: i, [{"i": 3}])
     assert small.get_results() == [3]

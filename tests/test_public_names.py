@@ -44,12 +44,12 @@ def test_dir_matches_all_and_star_import():
 def test_unknown_names_raise_attribute_error():
     out = run_python("""
         import deploy, deploy.environment
-        for module, name in ((deploy, "ec2_cluster"), (deploy, "nope"), (deploy.environment, "Nope")):
+        for module, name in ((deploy, "gcp_cluster"), (deploy, "nope"), (deploy.environment, "Nope")):
             try:
                 getattr(module, name)
             except AttributeError as exc:
                 print("AttributeError", name in str(exc))
-        print(hasattr(deploy, "ec2_cluster"))
+        print(hasattr(deploy, "gcp_cluster"))
     """).stdout.split()
     assert out == ["AttributeError", "True"] * 3 + ["False"]
 

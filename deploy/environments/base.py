@@ -5,9 +5,11 @@ from __future__ import annotations
 import abc
 import dataclasses
 import inspect
+import math
 import re
 from typing import Any, Callable
 
+from ..errors import ResourceError
 from ..jobdir.spec import JobSpec
 from ..store import Storage
 
@@ -40,6 +42,99 @@ def constructor_settings(env: "Environment") -> dict[str, Any]:
         value = getattr(env, param)
         settings[param] = list(value) if isinstance(value, (list, tuple)) else value
     return settings
+
+
+@dataclasses.dataclass(frozen=True)
+class HostCapacity:
+    """One machine (or engine node) where tasks run: its cores, memory and GPUs, and the
+    workers the environment runs there by its own settings (None: as its cores allow)."""
+
+    name: str
+    cpu: float
+    memory_gb: float
+    gpu: int = 0
+    workers: int | None = None
+
+    def fit(self, resources: dict[str, float] | None) -> int:
+        """How many tasks that each need `resources` run here at once (0: not one)."""
+        resources = resources or {}
+        limits = [] if self.workers is None else [self.workers]
+        if resources.get("cpu"):
+            limits.append(math.floor(self.cpu / resources["cpu"] + 1e-9))
+        elif self.workers is None:
+            limits.append(max(1, int(self.cpu)))
+        if resources.get("memory_gb"):
+            limits.append(math.floor(self.memory_gb / resources["memory_gb"] + 1e-9))
+        if resources.get("gpu"):
+            limits.append(self.gpu // int(resources["gpu"]))
+        return max(0, min(limits))
+
+    def describe(self) -> str:
+        gpus = f", {self.gpu} GPU{'s' if self.gpu != 1 else ''}" if self.gpu else ""
+        return f"{self.name}: {self.cpu:g} cores, {self.memory_gb:.1f} GB{gpus}"
+
+
+_AMOUNT = {"cpu": "{:g} cores", "memory_gb": "{:.1f} GB", "gpu": "{:d} GPUs"}
+
+
+def fit_hosts(hosts: list[HostCapacity], resources: dict[str, float] | None,
+              noun: str = "host") -> list[int]:
+    """Tasks each host runs at once under `resources`; ResourceError naming what was asked
+    and what the hosts have when not one task fits anywhere."""
+    counts = [h.fit(resources) for h in hosts]
+    if sum(counts) > 0:
+        return counts
+    asked = {k: v for k, v in (resources or {}).items() if v}
+    wanted = " and ".join(f"{k}={v:g}" for k, v in asked.items())
+    if not hosts:
+        raise ResourceError(f"no {noun} is available to run tasks needing {wanted}")
+    reasons = []
+    for key, value in asked.items():
+        best = max((getattr(h, key) for h in hosts), default=0)
+        if value > best + 1e-9:
+            if key == "gpu" and not best:
+                reasons.append(f"gpu={value:g} but no {noun} has a GPU: 0 GPUs available")
+            else:
+                reasons.append(f"{key}={value:g} but the largest {noun} has "
+                               + _AMOUNT[key].format(int(best) if key == "gpu" else best))
+    if not reasons:
+        reasons.append(f"no {noun} has {wanted} at once")
+    shown = "; ".join(h.describe() for h in hosts[:8]) + ("; ..." if len(hosts) > 8 else "")
+    raise ResourceError(f"{'; '.join(reasons)} ({shown})")
+
+
+def machine_facts() -> dict[str, Any]:
+    """This machine as tasks see it: cores this process may use, memory in GB (physical, or
+    a smaller cgroup limit) and NVIDIA GPUs (`nvidia-smi -L`). Standard library only and
+    self-contained: SSH hosts run its source as their probe."""
+    import os
+    import shutil
+    import subprocess
+    try:
+        cpus = len(os.sched_getaffinity(0))
+    except (AttributeError, OSError):
+        cpus = os.cpu_count() or 1
+    try:
+        memory = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    except (AttributeError, ValueError, OSError):
+        memory = 0
+    for path in ("/sys/fs/cgroup/memory.max", "/sys/fs/cgroup/memory/memory.limit_in_bytes"):
+        try:
+            with open(path) as f:
+                text = f.read().strip()
+        except OSError:
+            continue
+        if text.isdigit() and 0 < int(text) < (memory or float("inf")):
+            memory = int(text)
+    gpus = 0
+    smi = shutil.which("nvidia-smi")
+    if smi:
+        try:
+            out = subprocess.run([smi, "-L"], capture_output=True, text=True, timeout=20).stdout
+            gpus = sum(line.startswith("GPU ") for line in out.splitlines())
+        except (OSError, subprocess.SubprocessError):
+            pass
+    return {"cpus": cpus, "memory_gb": memory / 2 ** 30, "gpus": gpus}
 
 
 @dataclasses.dataclass
@@ -93,6 +188,22 @@ class Environment(abc.ABC):
     @abc.abstractmethod
     def job_store(self, job_id: str) -> Storage:
         """The store in which a new job's directory is written."""
+
+    def capacity(self) -> list[HostCapacity] | None:
+        """The machines (or engine nodes) this environment's tasks run on, with the workers
+        it runs on each by its settings; None when it cannot tell (per-task resources are
+        then passed on unchecked). Backends that know their machines override this."""
+        return None
+
+    def task_slots(self, resources: dict[str, float] | None) -> int:
+        """How many tasks that each need `resources` (JobSpec.resources) run here at once:
+        sizes chunks and caps workers. Raises ResourceError (a ValueError naming what was
+        asked and what is available) before anything runs when no machine can hold one
+        task. Default: num_workers() without resources, else summed over capacity()."""
+        hosts = self.capacity() if resources else None
+        if hosts is None:
+            return self.num_workers()
+        return sum(fit_hosts(hosts, resources))
 
     @abc.abstractmethod
     def launch(self, launch: Launch) -> dict[str, Any]:

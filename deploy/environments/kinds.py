@@ -15,6 +15,9 @@ BUILTIN = {
     "local-async": "deploy.environments.local:LocalAsync",
     "ssh": "deploy.environments.ssh.cluster:SshCluster",
     "hadoop": "deploy.environments.hadoop.cluster:HadoopCluster",
+    "ec2": "deploy.environments.ec2.cluster:Ec2Cluster",
+    "dask": "deploy.environments.dask.cluster:DaskCluster",
+    "ray": "deploy.environments.ray.cluster:RayCluster",
 }
 ALIASES = {"Local": "local", "LocalAsync": "local-async"}   # what users may type for a kind
 

@@ -10,6 +10,7 @@ from typing import Any
 
 FORMAT_VERSION = 1
 NAME_PATTERN = re.compile(r"^[A-Za-z0-9_-]+$")
+RESOURCE_KEYS = ("cpu", "memory_gb", "gpu")   # per-task resources a job may ask for
 
 
 @dataclasses.dataclass
@@ -32,6 +33,7 @@ class JobSpec:
     chunk_bounds: list[int] | None = None # first task of each chunk, then task_count
     function_stored: bool = True          # False: too large to keep, workers got it by fork
     max_concurrent_tasks: int | None = None  # cap on workers, for the launch and resume()
+    resources: dict[str, float] | None = None  # per task: only the keys given, among RESOURCE_KEYS
     environment: dict[str, Any] = dataclasses.field(default_factory=dict)
     lease_seconds: float = 30.0
     heartbeat_seconds: float = 2.0
@@ -84,6 +86,25 @@ class JobSpec:
         data.pop("chunk_count", None)
         fields = {f.name for f in dataclasses.fields(cls)}
         return cls(**{k: v for k, v in data.items() if k in fields})
+
+
+def check_resources(cpu: Any = None, memory_gb: Any = None, gpu: Any = None) -> dict[str, float] | None:
+    """The per-task resources a job asks for, checked: only the keys given (None: none).
+    cpu and memory_gb are positive numbers (cpu=0.5 shares a core), gpu an integer >= 0."""
+    asked: dict[str, float] = {}
+    for key, value in (("cpu", cpu), ("memory_gb", memory_gb)):
+        if value is None:
+            continue
+        if isinstance(value, bool) or not isinstance(value, (int, float)) \
+                or not math.isfinite(value) or value <= 0:
+            unit = " (cores)" if key == "cpu" else " (GB)"
+            raise ValueError(f"{key} must be a positive number{unit}, got {value!r}")
+        asked[key] = value
+    if gpu is not None:
+        if isinstance(gpu, bool) or not isinstance(gpu, int) or gpu < 0:
+            raise ValueError(f"gpu must be a whole number of GPUs >= 0, got {gpu!r}")
+        asked["gpu"] = gpu
+    return asked or None
 
 
 def task_name(function_name: str, index: int) -> str:

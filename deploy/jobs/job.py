@@ -24,8 +24,10 @@ from . import launch, metrics
 
 if TYPE_CHECKING:
     import pandas
+    import pyarrow
     from ..environments.base import Environment
 
+_UNSEEN = object()
 TABLE_ROWS = 100            # print(job) shows every task's row up to this many tasks
 
 
@@ -49,6 +51,7 @@ class Job:
         self.id = job_id or (spec.id if spec else None)
         self._looked = False
         self._handed: set[int] = set()      # chunks completed_chunks() gave out already
+        self._launched: object = _UNSEEN     # the launch (its time) the cached results belong to
 
     # -- reading the directory ----------------------------------------------------------
 
@@ -92,11 +95,23 @@ class Job:
         return got
 
     def _refresh(self) -> int:
-        """Load the result files published since the last look (one listing); how many."""
+        """Load the result files published since the last look (one listing); how many.
+        Published results change only when resume() runs the job again, maybe from another
+        process: a cached result gone from the listing, or a new launch record once every
+        result is cached, means that happened and the cache starts over."""
+        if self._launched is _UNSEEN:
+            self._launched = self._launch().get("time")
+        names = {int(name) for name in self._store.list(layout.RESULTS) if name.isdigit()}
+        if not names >= self._chunks.keys() or (
+                self._chunks and len(self._chunks) == self.spec.chunk_count
+                and self._launch().get("time") != self._launched):
+            self._launched = self._launch().get("time")
+            self._handed -= self._chunks.keys() - names
+            self._chunks, self._combined = {}, None
         new = 0
-        for name in self._store.list(layout.RESULTS):
-            if name.isdigit() and int(name) not in self._chunks:
-                new += self._chunk(int(name)) is not None
+        for chunk in names:
+            if chunk not in self._chunks:
+                new += self._chunk(chunk) is not None
         return new
 
     def _rows(self, refresh: bool = True) -> list[dict]:
@@ -318,7 +333,35 @@ class Job:
 
     def get_metrics(self) -> "pandas.DataFrame":
         """One row per task (and the combiner's last): status, timing, exception, host..."""
-        return metrics.to_frame(self.metric_rows())
+        from .tables import metrics_frame
+        frame = metrics_frame(self)
+        cost = self.get_estimated_cost()
+        if cost is not None:        # environments that rent machines by the hour
+            frame.attrs["estimated_cost_usd"] = cost
+        return frame
+
+    def get_estimated_cost(self) -> float | None:
+        """The job's estimated cost in USD where its environment rents machines by the hour
+        (EC2): for each host the launch priced (`hourly_prices` in its handle), the time the
+        job's tasks held it x its hourly price. None where nothing is priced."""
+        prices = (self._launch().get("handle") or {}).get("hourly_prices")
+        if not prices:
+            return None
+        self._refresh()
+        spans: dict[str, tuple[float, float]] = {}
+        for got in [*self._chunks.values(), self._combined_result()]:
+            ran = [(s, e) for s, e in zip(got.start, got.end) if s > 0 and e >= s] if got else ()
+            if ran and got.host:            # a chunk ran on one host: its first start, last end
+                first, last = min(s for s, _ in ran), max(e for _, e in ran)
+                known = spans.get(got.host, (first, last))
+                spans[got.host] = (min(known[0], first), max(known[1], last))
+        return metrics.estimated_cost(spans, prices)
+
+    def get_results_table(self) -> "pyarrow.Table":
+        """Parameters, result, status and exception type per task as a pyarrow Table (call
+        .to_pandas() for a DataFrame); raises TableError for a result Arrow cannot hold."""
+        from .tables import results_table
+        return results_table(self)
 
     def get_error(self) -> str | None:
         """What went wrong, in words (None when nothing did)."""
@@ -474,6 +517,7 @@ class Job:
             self._on_resume()
         launch.start(env, self._store, spec, None,
                      launch.worker_count(env.num_workers(), spec, len(redo)))
+        self._launched = self._launch().get("time")
         return self
 
     # -- display ----------------------------------------------------------------------
@@ -488,6 +532,9 @@ class Job:
         parts = [f"Job {self.name!r} ({self.spec.function_name}, {self.spec.task_count} tasks) "
                  f"on {env.get('name')} [{env.get('kind')}]: {status}",
                  "  " + ", ".join(f"{k}: {v}" for k, v in sorted(counts.items()) if v)]
+        cost = self.get_estimated_cost()
+        if cost is not None:        # a third line where machines are rented (EC2)
+            parts.append(f"  estimated cost: ${cost:.6f} (instance time x hourly price)")
         return "\n".join(parts)
 
     def _counts(self) -> dict[str, int]:
@@ -533,6 +580,13 @@ class Job:
         return (text + "\n\n" + metrics.to_table(rows + extra) +
                 f"\n({len(rows)} of {self.spec.task_count} tasks shown: the first failed and the "
                 "slowest; job.get_metrics() has every row)")
+
+    def plot(self, path: "str | None" = None) -> Any:
+        """The timeline (a lane per worker, bars by status) and a run-time histogram:
+        saved to `path` (returns it), or the matplotlib Figure (inline in a notebook).
+        Needs matplotlib: pip install deploy[plot]."""
+        from .plot import plot_job
+        return plot_job(self, path)
 
     def _repr_html_(self) -> str:
         """The summary as HTML for notebooks: status, tasks per state and progress, then the

@@ -23,6 +23,8 @@ def start(env: "Environment", store: Storage, spec: JobSpec, functions: dict[str
     """Start `workers` workers (writing the job directory first with `write`, for a new
     job), record the handle in launch.json, and return it."""
     from ..environments.base import Launch
+    if write is None and spec.resources:    # resume(): the machines may have changed since
+        workers = max(1, min(workers, env.task_slots(spec.resources)))
     launch = Launch(store, spec, functions, workers)
     handle = env.start(launch, write) if write is not None else env.launch(launch)
     store.put(layout.LAUNCH, record.encode(env.to_dict(), handle))

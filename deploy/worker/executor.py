@@ -3,6 +3,16 @@
 `ForkExecutor` runs them in a forked child so that a task that exits the process, hangs
 past its timeout or is canceled costs one row, never the worker; `InlineExecutor` runs
 them in the calling process (the `Local` environment, for debugging).
+
+A job's `memory_gb` (JobSpec.resources) is enforced here, on Linux: a task's memory is the
+resident memory its process holds beyond what that process started with (pages shared
+with the worker by fork are not the task's), plus its child processes. The worker samples
+the kernel's high-water mark (VmHWM, so a spike between samples is still seen) every
+`_MEMORY_POLL` seconds and stops a task over the limit; the task process checks once more
+after each call, for tasks that end between samples. Either way the task's row is Failed
+with TaskMemoryExceeded (a MemoryError) giving the limit and the peak, and it is retried
+as a raising task is. No rlimit: RLIMIT_AS counts address space that numpy, thread stacks
+and allocators reserve without using, and fails allocations in C code that may crash.
 """
 from __future__ import annotations
 
@@ -11,6 +21,7 @@ import faulthandler
 import mmap
 import os
 import pickle
+import resource
 import select
 import signal
 import struct
@@ -28,6 +39,7 @@ _LEN = struct.Struct("!Q")
 _HEAD = struct.Struct("!cqq")     # a rows message: D(one)/P(art)/L(inked)/E(rror), rows, first failure or -1
 _FLUSH_SECONDS = 0.5
 _CRASH_BYTES = 1 << 16  # of a crashed task process's faulthandler report, logged for its task
+_MEMORY_POLL = 0.05     # seconds between the worker's looks at a task's memory, under memory_gb
 
 
 def _find_prctl() -> Callable | None:
@@ -57,6 +69,70 @@ class BatchError(Exception):
     """The task process could not start a batch (its inputs cannot be read): no task ran."""
 
 
+class TaskMemoryExceeded(MemoryError):
+    """A task used more memory than the job's memory_gb allows."""
+
+
+def _status_kb(pid: int | str, *fields: bytes) -> list[int] | None:
+    """Fields of /proc/PID/status in kB (e.g. b"VmHWM"), None when unreadable."""
+    try:
+        with open(f"/proc/{pid}/status", "rb") as f:
+            data = f.read()
+        return [runner._kb(data, b"\n" + field + b":") for field in fields]
+    except (OSError, ValueError):
+        return None
+
+
+def _reset_peak() -> None:
+    """Start a new high-water mark of this process's resident memory (Linux)."""
+    try:
+        with open("/proc/self/clear_refs", "wb", buffering=0) as f:
+            f.write(b"5")
+    except OSError:
+        pass
+
+
+def memory_exceeded(limit_gb: float, used_kb: float, base_kb: float, ending: str) -> str:
+    """The message of a TaskMemoryExceeded row: the limit, the peak, what was done."""
+    return (f"task exceeded memory_gb={limit_gb:g} ({limit_gb * 1024:.0f} MB): its memory "
+            f"peaked at {used_kb / 1024:.0f} MB (resident memory beyond the {base_kb / 1024:.0f} MB "
+            f"its process held before) and {ending}")
+
+
+def _limited(fn: Callable, limit_gb: float, base_kb: float | None) -> Callable:
+    """`fn`, failing with TaskMemoryExceeded when a call's peak memory is over `limit_gb`:
+    the peak beyond `base_kb` (the task process's start), or with None beyond what the
+    process held just before the call (inline, in the caller's process).
+
+    In a task process the peak since the last reset of the high-water mark (by the
+    runner's gauge, or here after a failure) covers this call and calls that passed; it
+    is read only when the process's lifetime peak (getrusage, ~1 us) is over the limit."""
+    limit_kb = limit_gb * 2 ** 20
+    inline = base_kb is None
+
+    def call(*args: Any, **kwargs: Any) -> Any:
+        before = base_kb
+        if inline:
+            before = (_status_kb("self", b"VmRSS") or [0])[0]
+            _reset_peak()
+        value = fn(*args, **kwargs)
+        if not inline and resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - before <= limit_kb:
+            return value
+        peak = _status_kb("self", b"VmHWM")
+        if peak and peak[0] - before > limit_kb:
+            _reset_peak()               # the next call is measured from here
+            raise TaskMemoryExceeded(memory_exceeded(limit_gb, peak[0] - before, before,
+                                                     "its result was discarded"))
+        return value
+    return call
+
+
+def memory_limit(resources: dict[str, float] | None) -> float | None:
+    """The memory_gb of a job's resources where it can be enforced (Linux /proc), else None."""
+    limit = (resources or {}).get("memory_gb")
+    return limit if limit and os.path.exists("/proc/self/status") else None
+
+
 class Terminated(runner.Control):
     """Raised in the worker by SIGTERM so that blocking waits end at once."""
 
@@ -80,7 +156,10 @@ class InlineExecutor:
     """Runs calls in this process; Python-level output (print) is captured."""
 
     def __init__(self, functions: dict[str, Callable], task_timeout: float | None, worker: str,
-                 private_fds: tuple[int, ...] = ()) -> None:
+                 private_fds: tuple[int, ...] = (), resources: dict[str, float] | None = None) -> None:
+        limit = memory_limit(resources)
+        if limit:           # checked after each call: the caller's process cannot be stopped
+            functions = {kind: _limited(fn, limit, None) for kind, fn in functions.items()}
         self.functions, self.task_timeout, self.worker = functions, task_timeout, worker
         self._submitted: tuple | None = None
 
@@ -211,7 +290,7 @@ def _die_with_parent() -> None:
 
 
 def _child_main(functions: dict[str, Callable], worker: str, tasks_fd: int, rows_fd: int,
-                slot: Slot, crash_fd: int) -> None:
+                slot: Slot, crash_fd: int, limit: tuple[float, float] | None = None) -> None:
     """The task process: runs batches sent by the worker, streams their rows back.
     Processes a task starts end with the task (see `descendants`)."""
     _die_with_parent()
@@ -222,6 +301,8 @@ def _child_main(functions: dict[str, Callable], worker: str, tasks_fd: int, rows
     devnull = os.open(os.devnull, os.O_RDONLY)
     os.dup2(devnull, 0)
     os.close(devnull)
+    if limit is not None:
+        functions = {kind: _limited(fn, *limit) for kind, fn in functions.items()}
     while True:
         msg = _recv(tasks_fd)
         if msg is None:
@@ -271,25 +352,31 @@ class ForkExecutor:
     """
 
     def __init__(self, functions: dict[str, Callable], task_timeout: float | None, worker: str,
-                 private_fds: tuple[int, ...] = ()) -> None:
+                 private_fds: tuple[int, ...] = (), resources: dict[str, float] | None = None) -> None:
         self.functions, self.task_timeout, self.worker = functions, task_timeout, worker
         self.private_fds = private_fds      # the worker's own descriptors: closed in the child
+        self.memory_gb = memory_limit(resources)
+        self.base_kb = 0.0                  # resident kB the task process started with
         self.pid: int | None = None
         self.slot = Slot(mmap.mmap(-1, Slot.SIZE))
         self.crashed = b""                  # what the last task process's faulthandler wrote
+        self.ended_by = 0                   # the signal that ended the last task process
+        self.peak_kb = 0                    # and its lifetime peak resident memory
 
     def _start(self) -> None:
         tasks_r, tasks_w = os.pipe()
         rows_r, rows_w = os.pipe()
         crash = tempfile.TemporaryFile()    # where a crashing task's stack goes (faulthandler)
         self.slot.set_idle()
+        if self.memory_gb:                  # what the child holds at first is the worker's
+            self.base_kb = (_status_kb("self", b"VmRSS") or [0])[0]
         pid = os.fork()
         if pid == 0:
             try:
                 for fd in (tasks_w, rows_r, *self.private_fds):
                     os.close(fd)
                 _child_main(self.functions, self.worker, tasks_r, rows_w, self.slot,
-                            crash.fileno())
+                            crash.fileno(), (self.memory_gb, self.base_kb) if self.memory_gb else None)
             finally:
                 os._exit(0)
         os.close(tasks_r)
@@ -301,7 +388,9 @@ class ForkExecutor:
         if self.pid is None:
             return "no process"
         descendants.kill_tree(self.pid)     # the processes its task started too
-        _, status = os.waitpid(self.pid, 0)
+        _, status, usage = os.wait4(self.pid, 0)
+        self.peak_kb = usage.ru_maxrss      # kB on Linux
+        self.ended_by = os.WTERMSIG(status) if os.WIFSIGNALED(status) else 0
         for fd in (self.tasks_fd, self.rows_fd):
             os.close(fd)
         self.crash.seek(0)
@@ -338,9 +427,10 @@ class ForkExecutor:
         kind, style, sent, log_path = self._submitted
         result = ChunkResult(runner.HOST, self.worker)
         received = idle_losses = 0
+        wait = _MEMORY_POLL if self.memory_gb else 0.2
         while True:
             try:
-                ready, _, _ = select.select([self.rows_fd], [], [], 0.2)
+                ready, _, _ = select.select([self.rows_fd], [], [], wait)
             except Terminated:
                 self._kill()
                 raise Interrupted(result, _rest(sent, received)) from None
@@ -367,19 +457,36 @@ class ForkExecutor:
                 idle_losses += running[0] < 0
                 if idle_losses > 1:
                     raise BatchError(f"the task process {how} twice before running a task")
-                rest = self._after_loss(_batch(sent), received, running, result,
-                                        "WorkerLost", f"the process running the task {how}")
+                used = self.peak_kb - self.base_kb
+                if self.memory_gb and self.ended_by == signal.SIGKILL \
+                        and used > self.memory_gb * 2 ** 20:     # the kernel's OOM killer
+                    rest = self._after_loss(_batch(sent), received, running, result,
+                                            "TaskMemoryExceeded", memory_exceeded(
+                                                self.memory_gb, used, self.base_kb,
+                                                f"the system killed its process ({how})"),
+                                            self.peak_kb / 1024)
+                else:
+                    rest = self._after_loss(_batch(sent), received, running, result,
+                                            "WorkerLost", f"the process running the task {how}")
             else:
                 running = self.slot.read()
-                if not (self.task_timeout and running[0] >= 0
-                        and time.time() - running[2] > self.task_timeout):
+                used = self._memory_used() if self.memory_gb and running[0] >= 0 else None
+                if used is not None and used[0] > self.memory_gb * 2 ** 20:
+                    self._kill()
+                    rest = self._after_loss(_batch(sent), received, running, result,
+                                            "TaskMemoryExceeded", memory_exceeded(
+                                                self.memory_gb, used[0], self.base_kb,
+                                                "it was stopped"), used[1] / 1024)
+                elif not (self.task_timeout and running[0] >= 0
+                          and time.time() - running[2] > self.task_timeout):
                     if not poll():
                         self._kill()
                         raise Interrupted(result, _rest(sent, received))
                     continue
-                self._kill()
-                rest = self._after_loss(_batch(sent), received, running, result, "TimeoutError",
-                                        f"task exceeded its timeout of {self.task_timeout:g} s")
+                else:
+                    self._kill()
+                    rest = self._after_loss(_batch(sent), received, running, result, "TimeoutError",
+                                            f"task exceeded its timeout of {self.task_timeout:g} s")
             if rest is None:
                 return result
             self.submit(kind, style, rest, log_path)
@@ -402,8 +509,20 @@ class ForkExecutor:
         kind, count, failed = _HEAD.unpack_from(head, _LEN.size)
         return kind, count, failed, body
 
+    def _memory_used(self) -> tuple[float, float] | None:
+        """(kB the running task uses at its peak: its process's high-water mark beyond what
+        the process started with, plus its children's; its process's peak in kB), or None."""
+        peak = _status_kb(self.pid, b"VmHWM")
+        if peak is None:
+            return None
+        used = peak[0] - self.base_kb
+        for pid in descendants.tree(self.pid)[1:]:
+            used += (_status_kb(pid, b"VmHWM") or [0])[0]
+        return used, peak[0]
+
     def _after_loss(self, sent: Batch, received: int, running: tuple[int, int, float],
-                    result: ChunkResult, exc_type: str, message: str) -> Batch | None:
+                    result: ChunkResult, exc_type: str, message: str,
+                    memory: float = 0.0) -> Batch | None:
         """The child is gone mid-batch: the call it was running fails (or is retried);
         calls it finished but had not reported yet run again. Returns what is left."""
         pos, retry_attempt, start = running
@@ -416,7 +535,7 @@ class ForkExecutor:
             rest = sent.take(keep)
             rest.first[keep.index(pos)] = attempt + 1
         else:
-            result.add(sent.indices[pos], C_FAILED, start, time.time(), attempt, 0.0, None,
+            result.add(sent.indices[pos], C_FAILED, start, time.time(), attempt, memory, None,
                        (exc_type, message, None))
             keep.remove(pos)
             rest = sent.take(keep)

@@ -52,7 +52,7 @@ class Worker:
         self.wake_fd = wake_fd          # the client's wake pipe (LocalAsync): a byte per result
         self.executor = (ex.InlineExecutor if inline else ex.ForkExecutor)(
             self.functions, self.spec.task_timeout, self.id,
-            () if wake_fd is None else (wake_fd,))
+            () if wake_fd is None else (wake_fd,), resources=self.spec.resources)
         self.poll_seconds = max(store.poll_seconds, 0.1)
         # a cancel marker is one stat away on local disk, so it is looked for before every
         # inline task (none starts after cancel() returned); remote stores are asked less often
@@ -66,6 +66,8 @@ class Worker:
         self.live: tuple[str, str] | None = None       # (store path, local file) being streamed
         self.pushed: set[str] = set()                  # live logs that reached the store
         self.complete: set[int] = set()                # chunks known to have every task Completed
+        self._claim_names: set[str] = set()            # claim files parsed into _claims
+        self._claims: dict[int, int] = {}
 
     # -- liveness ---------------------------------------------------------------------
 
@@ -153,16 +155,26 @@ class Worker:
                 return [n]                    # the combiner, as one more "chunk"
         return DONE
 
+    def _claimed(self) -> dict[int, int]:
+        """chunk -> its latest claimed attempt. Claims stay while workers run, so only names
+        not seen before are parsed: a thousand one-task chunks cost a listing each, not a
+        thousand parses each."""
+        names = set(self.store.list(layout.CLAIMS))
+        if not names >= self._claim_names:     # claims went away (a resume): start over
+            self._claim_names, self._claims = set(), {}
+        for name in names - self._claim_names:
+            parsed = layout.parse_claim(name)
+            if parsed:
+                self._claims[parsed[0]] = max(parsed[1], self._claims.get(parsed[0], -1))
+        self._claim_names = names
+        return self._claims
+
     def claim_next(self, combiner: bool = True) -> tuple[int, int] | str | None:
         """(chunk, attempt) this worker now owns, DONE, or None (all taken by live workers);
         the combiner only if `combiner`. A chunk nobody claimed has no result yet (only a
         cancel writes results without a claim), so results are listed only once every
         chunk has been claimed."""
-        claimed: dict[int, int] = {}
-        for name in self.store.list(layout.CLAIMS):
-            parsed = layout.parse_claim(name)
-            if parsed:
-                claimed[parsed[0]] = max(parsed[1], claimed.get(parsed[0], -1))
+        claimed = self._claimed()
         for chunk in range(self.spec.chunk_count):
             if chunk not in claimed and self.store.create_exclusive(
                     layout.claim(chunk, 0), self.id.encode()):

@@ -40,6 +40,7 @@ class AppPlan:
     num_vcores: int = 1
     am_memory: int = 512
     queue: str | None = None
+    gpus: int = 0                # per container (per-task gpu=)
 
 
 def _python_env_fetch(plan: AppPlan, user: str) -> str:
@@ -100,7 +101,8 @@ def submit(cluster: Cluster, plan: AppPlan, name: str, containers: int,
         command = ds.am_command(
             num_containers=containers, container_memory=plan.container_size,
             container_vcores=plan.num_vcores, home_uri=fs + root.root, staging_name=STAGING,
-            am_heap_mb=max(128, plan.am_memory * 3 // 4), add_opens=plan.facts.add_opens)
+            am_heap_mb=max(128, plan.am_memory * 3 // 4), add_opens=plan.facts.add_opens,
+            container_gpus=plan.gpus)
         rm.submit(ds.submission(app_id=app_id, name=name, queue=plan.queue,
                                 am_memory=plan.am_memory, resources=resources,
                                 classpath=plan.facts.classpath, command=command,

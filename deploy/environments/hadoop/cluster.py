@@ -14,6 +14,7 @@ Hadoop section explains the design and the one-time set-up of a cluster.
 """
 from __future__ import annotations
 
+import dataclasses
 import math
 import sys
 import time
@@ -24,11 +25,13 @@ from ...store import StorageError
 from ...store.hdfs import HdfsStorage
 from .. import by_value
 from . import app as hadoop_app, connect as hadoop_connect, logs as hadoop_logs, stage as hadoop_stage
-from ..base import Environment, Launch, constructor_settings, positive_int
+from ..base import Environment, HostCapacity, Launch, constructor_settings, fit_hosts, positive_int
 from .connect import Cluster, HadoopError
 from .yarn import LIVE_STATES, YarnError
 
 PACKAGES_TIMEOUT = 1800.0     # seconds a pip install on the cluster may take
+TASK_OVERHEAD_MB = 256        # a one-task container's memory beyond the task's memory_gb: the
+                              # worker and its task process's own interpreter (YARN counts both)
 
 
 def _strings(value: Any, what: str) -> list[str]:
@@ -169,6 +172,39 @@ class HadoopCluster(Environment):
         """GraphLab's name: workers per job (containers x vcores)."""
         return self.num_workers()
 
+    def capacity(self) -> list[HostCapacity]:
+        """The running NodeManagers as one-task containers can use them: vcores, and memory
+        less the container's own overhead, each within the largest container YARN grants."""
+        self.prepare()
+        facts = self._plan.facts
+        try:
+            nodes = self._connect().rm.nodes()
+        except YarnError as exc:
+            raise HadoopError(str(exc)) from None
+        return [HostCapacity(n["name"], min(n["vcores"], facts.max_vcores),
+                             max(0, min(n["memory_mb"], facts.max_memory) - TASK_OVERHEAD_MB) / 1024,
+                             n["gpus"]) for n in nodes]
+
+    def task_slots(self, resources: dict[str, float] | None) -> int:
+        """Tasks at once: the cluster's workers (containers x vcores), fewer when one-task
+        containers sized by `resources` fit fewer times into the NodeManagers."""
+        if not resources:
+            return self.num_workers()
+        return min(self.num_workers(), sum(fit_hosts(self.capacity(), resources, noun="node")))
+
+    def _container(self, resources: dict[str, float] | None) -> tuple[hadoop_app.AppPlan, int]:
+        """The application plan for a job and the worker processes per container: with
+        per-task resources one task per container, sized from them (memory_gb -> container
+        memory, cpu -> vcores, gpu -> yarn.io/gpu); else the cluster's own sizes."""
+        if not resources:
+            return self._plan, self.num_vcores
+        memory = resources.get("memory_gb")
+        return dataclasses.replace(
+            self._plan, container_size=(math.ceil(memory * 1024) + TASK_OVERHEAD_MB if memory
+                                        else self.container_size),
+            num_vcores=math.ceil(resources.get("cpu") or 1),
+            gpus=int(resources.get("gpu") or 0)), 1
+
     def job_store(self, job_id: str) -> HdfsStorage:
         """<dist_path>/jobs/<job id>, on a cluster checked first: a bad setting is an error
         before anything is written."""
@@ -182,12 +218,15 @@ class HadoopCluster(Environment):
     def launch(self, launch: Launch) -> dict[str, Any]:
         """One YARN application per job: DistributedShell starting the worker containers."""
         self.prepare()
-        containers = max(1, min(self.num_containers, math.ceil(launch.workers / self.num_vcores)))
-        config = {"mode": "worker", "store": launch.store.uri, "processes": self.num_vcores}
-        app_id, staging = hadoop_app.submit(self._connect(), self._plan,
+        plan, processes = self._container(launch.spec.resources)
+        containers = max(1, min(self.num_containers * self.num_vcores // processes,
+                                math.ceil(launch.workers / processes)))
+        config = {"mode": "worker", "store": launch.store.uri, "processes": processes}
+        app_id, staging = hadoop_app.submit(self._connect(), plan,
                                             f"deploy-{launch.spec.name}", containers, config,
                                             [f"deploy-job-{launch.spec.id}"])
-        return {"app": app_id, "staging": staging, "containers": containers}
+        return {"app": app_id, "staging": staging, "containers": containers,
+                "container_mb": plan.container_size, "container_vcores": plan.num_vcores}
 
     def _report(self, handle: dict[str, Any]) -> dict[str, Any] | None:
         try:

@@ -58,7 +58,7 @@ def local_resource(uri: str, status: dict[str, Any]) -> dict[str, Any]:
 
 def am_command(*, num_containers: int, container_memory: int, container_vcores: int,
                home_uri: str, staging_name: str, am_heap_mb: int, add_opens: bool,
-               shell_env: dict[str, str] | None = None) -> str:
+               shell_env: dict[str, str] | None = None, container_gpus: int = 0) -> str:
     """The AM's command line (NodeManager placeholders {{X}}, <LOG_DIR>, <ADD_OPENS>)."""
     args = ["{{JAVA_HOME}}/bin/java", f"-Xmx{am_heap_mb}m"]
     if add_opens:
@@ -66,6 +66,8 @@ def am_command(*, num_containers: int, container_memory: int, container_vcores: 
     args += [AM_CLASS, "--container_memory", str(container_memory),
              "--container_vcores", str(container_vcores), "--num_containers", str(num_containers),
              "--priority", "0", "--appname", staging_name, "--homedir", home_uri]
+    if container_gpus:
+        args += ["--container_resources", f"yarn.io/gpu={container_gpus}"]
     for key, value in (shell_env or {}).items():
         if any(c.isspace() for c in key + value):
             raise ValueError(f"container environment {key}={value!r}: no spaces allowed")

@@ -112,6 +112,24 @@ class ResourceManager:
             names.add("default")
         return names
 
+    def nodes(self) -> list[dict[str, Any]]:
+        """The running NodeManagers: {"name", "memory_mb", "vcores", "gpus"} each (their
+        whole capacity, used or not)."""
+        answer = self.request("GET", "/ws/v1/cluster/nodes", params={"states": "RUNNING"}).json()
+        found = []
+        for node in ((answer.get("nodes") or {}).get("node") or []):
+            total = node.get("totalResource") or {}
+            infos = (total.get("resourceInformations") or {}).get("resourceInformation") or []
+            gpus = sum(int(i.get("value") or 0) for i in infos if i.get("name") == "yarn.io/gpu")
+            found.append({
+                "name": node.get("nodeHostName") or node.get("id") or "node",
+                "memory_mb": int(total.get("memory") or
+                                 int(node.get("availMemoryMB") or 0) + int(node.get("usedMemoryMB") or 0)),
+                "vcores": int(total.get("vCores") or int(node.get("availableVirtualCores") or 0)
+                              + int(node.get("usedVirtualCores") or 0)),
+                "gpus": gpus})
+        return found
+
     # -- applications -----------------------------------------------------------------
 
     def new_application(self) -> dict[str, Any]:

@@ -1,6 +1,7 @@
 """Local (tasks in the caller's process, blocking) and LocalAsync (detached worker processes)."""
 from __future__ import annotations
 
+import functools
 import os
 import select
 import time
@@ -9,7 +10,18 @@ from typing import Any, Callable
 from ...worker.runner import HOST
 from ...worker.processes import process_alive, stop_process_groups, wait_gone
 from ...store.local import LocalStorage, home_job_store
-from ..base import Environment, Launch, positive_int
+from ..base import Environment, HostCapacity, Launch, machine_facts, positive_int
+
+
+@functools.lru_cache(maxsize=None)
+def _facts() -> tuple[float, float, int]:
+    facts = machine_facts()
+    return facts["cpus"], facts["memory_gb"], facts["gpus"]
+
+
+def this_machine(workers: int | None) -> list[HostCapacity]:
+    """This machine as the one host of a local environment (probed once per process)."""
+    return [HostCapacity(HOST, *_facts(), workers=workers)]
 
 
 class Local(Environment):
@@ -28,6 +40,9 @@ class Local(Environment):
 
     def num_workers(self) -> int:
         return 1
+
+    def capacity(self) -> list[HostCapacity]:
+        return this_machine(1)
 
     def job_store(self, job_id: str) -> LocalStorage:
         return home_job_store(job_id)
@@ -65,6 +80,11 @@ class LocalAsync(Environment):
 
     def num_workers(self) -> int:
         return self._num_workers or os.cpu_count() or 1
+
+    def capacity(self) -> list[HostCapacity]:
+        """This machine: tasks that ask for cores or memory run as many at once as fit in
+        it, up to num_workers."""
+        return this_machine(self.num_workers())
 
     def job_store(self, job_id: str) -> LocalStorage:
         return home_job_store(job_id)

@@ -26,10 +26,9 @@ from typing import Any, Callable
 
 from ...worker.processes import process_alive
 from ...worker.runner import HOST
-from ...store import Storage, open_store, worker_needs
-from ...store.local import home_job_store
-from .. import by_value
-from ..base import Environment, Launch, positive_int
+from ...store import Storage, worker_needs
+from ..remote import RemoteEnvironment
+from ..base import HostCapacity, Launch, fit_hosts, positive_int
 from ..hosts import HostSource, StaticHosts
 from .connect import DEFAULT_CONFIG, POLICIES, HostError, HostSpec, connect, resolve, run
 from .runtime import DEFAULT_ROOT, HostRuntime, Options, prepare, python_command
@@ -78,7 +77,7 @@ class _Live:
         self.seen: dict[str, int] = {}          # relayed job -> changes wait_for_change reported
 
 
-class SshCluster(Environment):
+class SshCluster(RemoteEnvironment):
     """Workers on machines reachable by SSH; see the module docstring."""
 
     kind = "ssh"
@@ -210,6 +209,13 @@ class SshCluster(Environment):
         self.prepare()
         return sum(self._per_host(h) for h in self._hosts)
 
+    def capacity(self) -> list[HostCapacity]:
+        """Each host's cores, memory (MemTotal, or its cgroup limit) and GPUs as its probe
+        found them, and the workers it runs by the cluster's settings."""
+        self.prepare()
+        return [HostCapacity(h.label, h.runtime.cpus, h.runtime.memory_gb, h.runtime.gpus,
+                             workers=self._per_host(h)) for h in self._hosts]
+
     def get_num_workers(self) -> int:
         """GraphLab's name: workers per job across all hosts."""
         return self.num_workers()
@@ -233,29 +239,18 @@ class SshCluster(Environment):
                     host.close()
         self.source.release()
 
-    @property
-    def needs_client(self) -> bool:
-        """True when jobs are relayed through the client, which must then outlive them."""
-        return self.store is None
-
-    def serialize(self, fn: Callable) -> bytes:
-        """Hosts lack the caller's own modules: those travel by value."""
-        return by_value.dumps(fn)
-
     # -- jobs -------------------------------------------------------------------------
 
-    def job_store(self, job_id: str) -> Storage:
-        if self.store is None:
-            return home_job_store(job_id)
-        return open_store(f"{self.store}/{job_id}")
-
-    def _spread(self, total: int) -> list[tuple[_Host, int]]:
-        """Deal `total` workers over the hosts, round robin within each host's capacity."""
+    def _spread(self, total: int, resources: dict[str, float] | None = None) -> list[tuple[_Host, int]]:
+        """Deal `total` workers over the hosts, round robin within each host's capacity
+        (for tasks that need `resources`: as many as fit in the host)."""
         counts = {id(h): 0 for h in self._hosts}
+        limits = (fit_hosts(self.capacity(), resources) if resources
+                  else [self._per_host(h) for h in self._hosts])
         while total > 0:
             dealt = False
-            for host in self._hosts:
-                if total > 0 and counts[id(host)] < self._per_host(host):
+            for host, limit in zip(self._hosts, limits):
+                if total > 0 and counts[id(host)] < limit:
                     counts[id(host)] += 1
                     total -= 1
                     dealt = True
@@ -275,7 +270,7 @@ class SshCluster(Environment):
         self.prepare()
         relay = self.store is None
         job_id = launch.spec.id
-        plan = dict((id(h), n) for h, n in self._spread(launch.workers))
+        plan = dict((id(h), n) for h, n in self._spread(launch.workers, launch.spec.resources))
         hosts = [h for h in self._hosts if id(h) in plan]
 
         def start(host: _Host) -> dict[str, Any] | Exception:

@@ -25,11 +25,13 @@ from __future__ import annotations
 
 import dataclasses
 import hashlib
+import inspect
 import json
 import shlex
 import sys
 from typing import Any, Iterable
 
+from ..base import machine_facts
 from ..bundles import Bundle, libs_bundle, runtime_bundle, wheels_bundle
 from ..bundles import wheel_files as _wheel_files
 from .connect import HostError, ended, run
@@ -61,6 +63,8 @@ class HostRuntime:
     cpus: int
     root: str
     version: tuple[int, ...]
+    memory_gb: float = 0.0
+    gpus: int = 0
 
     def command(self, args: str, label: str = "") -> str:
         """A shell command running `python ARGS` with the runtime importable (and the host
@@ -76,7 +80,7 @@ def python_command(root: str, pythonpath: str, python: str, args: str, label: st
             f"{extra} {shlex.quote(python)} {args}")
 
 
-_PROBE = r"""
+_PROBE = "from __future__ import annotations\n" + inspect.getsource(machine_facts) + r"""
 import json, os, shutil, sys, time
 root = os.path.expanduser(sys.argv[1])
 try:
@@ -85,10 +89,7 @@ try:
 except OSError as exc:
     sys.stderr.write("%s\n" % exc)
     sys.exit(3)
-try:
-    cpus = len(os.sched_getaffinity(0))
-except (AttributeError, OSError):
-    cpus = os.cpu_count() or 1
+facts = machine_facts()
 files = {}
 for rel in sys.argv[2:]:
     try:
@@ -116,7 +117,7 @@ for kind in ("runtime", "libs", "wheels", "jobs", "venvs"):
             except OSError:
                 continue
             shutil.rmtree(trash, ignore_errors=True)
-print(json.dumps({"version": list(sys.version_info[:3]), "cpus": cpus, "root": root,
+print(json.dumps({"version": list(sys.version_info[:3]), **facts, "root": root,
                   "executable": sys.executable, "files": files}))
 """
 
@@ -304,4 +305,5 @@ def prepare(client: Any, host: str, options: Options) -> HostRuntime:
             ship(client, host, libs, root, options.python)
         paths.append(final)
     return HostRuntime(python=python, pythonpath=":".join(paths), cpus=int(info["cpus"]),
-                       root=root, version=version)
+                       root=root, version=version, memory_gb=float(info.get("memory_gb") or 0),
+                       gpus=int(info.get("gpus") or 0))
