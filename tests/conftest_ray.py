@@ -1,7 +1,8 @@
 """A real Ray cluster on loopback for the tests: a head on 127.0.0.2 and one more node on
 127.0.0.3 (not 127.0.0.1, which Ray rewrites to the machine's external address), each a
 `ray start --block` in a session of its own, with its own ports and temp dir, a small
-object store, one CPU and 2 GB of schedulable memory. Stopped by killing the processes of
+object store, one CPU and 2 GB of schedulable memory; the head also serves Ray Client
+(ray://, `client_address`). Stopped by killing the processes of
 those sessions: never `ray stop`, which would end every Ray of the machine. One cluster for the whole session,
 because Ray connects a process to one cluster only.
 """
@@ -86,10 +87,16 @@ class RayTestCluster:
         self.temp_dir = tempfile.mkdtemp(prefix="ray-", dir="/tmp")   # socket paths stay short
         self.nodes: list[RayNode] = []
         self.port = 0
+        self.client_port = 0            # the head's Ray Client server (ray://)
 
     @property
     def address(self) -> str:
         return f"{HEAD_IP}:{self.port}"
+
+    @property
+    def client_address(self) -> str:
+        """The head's Ray Client address, ray://host:port."""
+        return f"ray://{HEAD_IP}:{self.client_port}"
 
     def start_node(self, ip: str, cpus: int = 1, head: bool = False) -> RayNode:
         """Start a node on `ip` and wait until `ray start` says it runs."""
@@ -102,8 +109,8 @@ class RayTestCluster:
                 f"--runtime-env-agent-port={ports[5]}",
                 "--worker-port-list=" + ",".join(map(str, ports[10:]))]
         if head:
-            self.port = ports[6]
-            args += ["--head", f"--port={self.port}", "--include-dashboard=false", f"--dashboard-port={ports[8]}",
+            self.port, self.client_port = ports[6], ports[7]
+            args += ["--head", f"--port={self.port}", f"--ray-client-server-port={self.client_port}", "--include-dashboard=false", f"--dashboard-port={ports[8]}",
                      f"--temp-dir={self.temp_dir}"]
         else:                           # a temp dir of its own, as on its own machine
             own = os.path.join(self.temp_dir, ip.rsplit(".", 1)[1])
@@ -150,7 +157,7 @@ def ray_cluster():
         start = time.monotonic()
         cluster.start_node(HEAD_IP, head=True)
         cluster.start_node(NODE_IP)
-        print(f"\nray_cluster: head {cluster.address} and node {NODE_IP} started in "
+        print(f"\nray_cluster: head {cluster.address} ({cluster.client_address}) and node {NODE_IP} started in "
               f"{time.monotonic() - start:.1f} s")
         yield cluster
     finally:

@@ -5,6 +5,7 @@ marker files into a folder of this machine, which every node sees.
 from __future__ import annotations
 
 import glob
+import json
 import os
 import socket
 import subprocess
@@ -89,6 +90,41 @@ def test_graphlab_example_with_combiner_on_both_nodes(rc, folder):
     assert spread.get_results(timeout=60) == [0, 1]
     assert set(spread.get_metrics().host) == {HEAD_IP, NODE_IP}
     assert deploy.environments["rc"] == rc
+
+
+def test_ray_client_address_runs_graphlab_example(ray_cluster):
+    """A RayCluster made with the head's Ray Client address (ray://host:port) runs GraphLab's
+    example and its combiner, the host column naming Ray nodes; the GCS address then reaches
+    the same connection, and so does the ray:// address after the caller's own ray.init. In
+    processes of their own: this one is connected to the GCS address, and Ray allows one."""
+    ran = run_python(f"""
+        import json, sys
+        sys.path.insert(0, 'tests')
+        import deploy
+        from test_ray_cluster import GOOD, GRAPHLAB, add, add_combiner
+        rc = deploy.ray_cluster.create('client', address={ray_cluster.client_address!r})
+        bad = deploy.map_job.create(add, GRAPHLAB, environment=rc)
+        good = deploy.map_job.create(add, GOOD, environment='client', combiner_function=add_combiner,
+                                     chunk_size=1)
+        print(json.dumps({{"status": bad.wait(timeout=90), "bad": bad.get_map_results(),
+                          "good": good.get_results(timeout=90),
+                          "hosts": sorted(set(bad.get_metrics().host) | set(good.get_metrics().host)),
+                          "address": deploy.environments['client'].address}}))
+        deploy.ray_cluster.RayCluster('gcs', {ray_cluster.address!r}).prepare()   # the same cluster
+    """, timeout=240)
+    got = json.loads(ran.stdout.strip().splitlines()[-1])
+    assert got["status"] == "Failed" and got["bad"] == [40, None, 10]
+    assert got["good"] == 70
+    assert got["hosts"] and set(got["hosts"]) <= {HEAD_IP, NODE_IP}
+    assert got["address"] == ray_cluster.client_address
+
+    own = run_python(f"""
+        import ray, deploy
+        ray.init({ray_cluster.client_address!r})      # the caller connects through Ray Client itself
+        rc = deploy.ray_cluster.create('mine', address={ray_cluster.client_address!r})
+        print(deploy.map_job.create(pow, [{{'base': 2, 'exp': 5}}], environment=rc).get_results(timeout=60))
+    """, timeout=120)
+    assert own.stdout.strip().splitlines()[-1] == "[32]"
 
 
 def test_node_killed_mid_job_loses_nothing(ray_cluster, rc, folder):

@@ -459,7 +459,23 @@ def start_workers(store_uri: str, functions: dict[str, Callable] | None, count: 
         pids.append(pid)
     if detach:
         _detached.update(pids)
+        _wait_for_sessions(pids)
     return pids
+
+
+def _wait_for_sessions(pids: list[int], timeout: float = 10.0) -> None:
+    """Return once each detached worker leads its own process group (setsid is the first
+    thing it does): before that, killpg cannot reach it, and a cancel() right after the
+    launch would miss a worker that then runs beside the resumed job's."""
+    deadline = time.monotonic() + timeout
+    for pid in pids:
+        while time.monotonic() < deadline:
+            try:
+                if os.getpgid(pid) == pid:
+                    break
+            except ProcessLookupError:
+                break
+            time.sleep(0.0005)
 
 
 def _worker_main(store_uri: str, functions: dict[str, Callable] | None,

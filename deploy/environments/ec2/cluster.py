@@ -26,6 +26,8 @@ import time
 from pathlib import Path
 from typing import Any
 
+from paramiko import SSHException
+
 from ...store import Storage
 from ..base import positive_int
 from ..hosts import HostSource
@@ -498,17 +500,22 @@ class Ec2Cluster(SshCluster):
         if rc != 0:
             raise HostError(host.spec.describe(), f"cannot start the idle shutdown agent: {err.strip()[-300:]}")
 
-    def launch(self, launch: Any) -> dict[str, Any]:
+    def _launch_once(self, launch: Any) -> dict[str, Any]:
         if self.idle_shutdown_timeout >= 0:     # a job is coming: the idle clocks start again
             self.prepare()
             self._each(lambda h: self._start_idle(h, h.runtime))
+        return super().launch(launch)
+
+    def launch(self, launch: Any) -> dict[str, Any]:
         try:
-            handle = super().launch(launch)
-        except HostError:           # an instance ended since the last look: look again, once
+            handle = self._launch_once(launch)
+        except (HostError, EOFError, OSError, SSHException):
+            # an instance ended since the last look (an idle shutdown, a spot interruption):
+            # its connection breaks; look at the instances again, once
             with self._lock:
                 self._acquired_at = 0.0
                 self._refresh_hosts()
-            handle = super().launch(launch)
+            handle = self._launch_once(launch)
         # what the job's estimated cost is computed from (see Job.get_estimated_cost)
         handle["hourly_prices"] = {h["host"]: (self._record_for(h["host"]) or {}).get("price_per_hour")
                                    for h in handle["hosts"]}

@@ -89,7 +89,7 @@ def _read(sock: socket.socket, n: int) -> bytes:
 
 
 _lock = threading.Lock()
-_connected: str | None = None           # the address this process connected to
+_connected: list[str] = []              # the addresses naming the cluster this process is connected to
 _checked: dict[str, dict[str, Any]] = {}
 
 
@@ -97,36 +97,62 @@ def connect(address: str, timeout: float = 10.0) -> Any:
     """This process's connection to the cluster at `address` (made on first use); the
     ray module. RayClusterError when the head does not answer, or this process is
     connected to another cluster already."""
-    global _connected
     ray = import_ray()
     with _lock:
         if ray.is_initialized():
-            if _connected is None:
-                _connected = _current_address(ray)     # the caller ran ray.init itself
-            if _same(_connected, address):
+            if not _connected:
+                _connected[:] = _cluster_names(ray, None)      # the caller ran ray.init itself
+            if any(_same(name, address) for name in _connected):
                 return ray
             check_reachable(address, timeout)           # a wrong address says so first
-            raise RayClusterError(f"this process is connected to the Ray cluster at {_connected}; "
+            where = _connected[0] if _connected else "an address given to ray.init"
+            raise RayClusterError(f"this process is connected to the Ray cluster at {where}; "
                                   f"Ray connects a process to one cluster only, so use another "
                                   f"process for {address}")
         check_reachable(address, timeout)
         import logging
-        try:
-            ray.init(address=address, namespace=NAMESPACE, log_to_driver=False,
-                     logging_level=logging.ERROR)
-        except Exception as exc:
-            text = str(exc).strip().splitlines()
-            raise RayClusterError(f"cannot connect to the Ray cluster at {address}: "
-                                  f"{type(exc).__name__}: {' '.join(text)[:800]}") from None
-        _connected = address
+        for attempt in range(3):
+            try:
+                ray.init(address=address, namespace=NAMESPACE, log_to_driver=False,
+                         logging_level=logging.ERROR)
+                break
+            except ConnectionAbortedError:
+                # the Ray Client server's per-client server died while starting (seen under
+                # load): a new connection gets a new one
+                if attempt == 2 or not address.startswith("ray://"):
+                    _init_failed(address)
+                ray.shutdown()
+            except Exception:
+                _init_failed(address)
+        _connected[:] = _cluster_names(ray, address)
     return ray
 
 
-def _current_address(ray: Any) -> str:
+def _init_failed(address: str) -> None:
+    """RayClusterError for the exception ray.init raised (called in its except clause)."""
+    import sys
+    exc = sys.exc_info()[1]
+    text = str(exc).strip().splitlines()
+    raise RayClusterError(f"cannot connect to the Ray cluster at {address}: "
+                          f"{type(exc).__name__}: {' '.join(text)[:800]}") from None
+
+
+def _cluster_names(ray: Any, given: str | None) -> list[str]:
+    """The addresses naming the cluster this process is connected to: the one it was given,
+    the head's GCS address and, through Ray Client, the ray:// address; so that either of
+    them reaches the same connection."""
+    names = [given] if given else []
     try:
-        return ray.get_runtime_context().gcs_address
+        from ray.util.client import ray as client
+        if client.is_connected():                       # what ray.init('ray://...') was given
+            names.append("ray://" + client.get_context().client_worker._conn_str)
     except Exception:
-        return "an address given to ray.init"
+        pass
+    try:
+        names.append(ray.get_runtime_context().gcs_address)
+    except Exception:
+        pass
+    return [name for name in names if name]
 
 
 def _same(a: str, b: str) -> bool:
