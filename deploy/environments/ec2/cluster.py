@@ -459,7 +459,8 @@ class Ec2Cluster(SshCluster):
         if (live is not None and self._current is not None
                 and time.monotonic() - self._acquired_at < REACQUIRE_SECONDS
                 and all(h.client is not None and h.client.get_transport() is not None
-                        and h.client.get_transport().is_active() for h in live.hosts)):
+                        and h.client.get_transport().is_active() for h in live.hosts)
+                and self._still_running()):
             return
         addresses = self.acquire()
         self._acquired_at = time.monotonic()
@@ -467,6 +468,14 @@ class Ec2Cluster(SshCluster):
             for host in live.hosts:
                 host.close()
             self._live = None
+
+    def _still_running(self) -> bool:
+        """Whether every instance this process acquired is still pending or running (one
+        DescribeInstances): an open connection does not prove it, its instance may be ending."""
+        ids = [(self._record_for(address) or {}).get("id") for address in self._current or ()]
+        if not ids or None in ids:
+            return False
+        return set(ids) <= {i["InstanceId"] for i in self._instances().live()}
 
     def num_workers(self) -> int:
         """Workers a job gets: each instance's tasks at a time (up to num_concurrent_tasks);
