@@ -161,7 +161,8 @@ def test_cancel_kills_the_application(hadoop_cluster, settings):
 
 def test_a_killed_container_loses_nothing(hadoop_cluster, settings):
     env = HadoopCluster("three", **{**settings, "num_containers": 3})
-    job = deploy.map_job.create(nap, [{"i": i, "seconds": 0.5} for i in range(18)], environment=env,
+    # tasks long enough that the chunk picked below is still running when its container dies
+    job = deploy.map_job.create(nap, [{"i": i, "seconds": 2.0} for i in range(18)], environment=env,
                                 chunk_size=1)
     store = job._store
 
