@@ -24,7 +24,7 @@ import threading
 import time
 from typing import Any, Callable, Sequence
 
-from ..jobdir import layout
+from ..jobdir import cancel, layout
 from ..jobdir.results import C_FAILED, C_OK, ChunkResult, PackedResult, canceled, unfinished
 from ..jobdir.spec import JobSpec
 from . import executor as ex
@@ -102,7 +102,7 @@ def run_chunk(job: dict[str, Any], chunk: int, attempt: int = 0, inputs: bytes |
     if should_stop is not None and should_stop():
         why_stopped = "the job was canceled"
     elif store is not None and state.cancel_seen(store):
-        why_stopped = _cancel_reason(store)
+        why_stopped = cancel.reason(store)
     if why_stopped is not None:          # canceled before it began: nothing runs
         rows = canceled(tasks, [attempt + 1] * len(tasks), why_stopped, runner.HOST, state.worker)
         return _deliver(state, chunk, attempt, runner.dumps_result(rows), b"", None)
@@ -138,7 +138,7 @@ def run_chunk(job: dict[str, Any], chunk: int, attempt: int = 0, inputs: bytes |
                                 f"the chunk could not be started: {err}", runner.HOST, state.worker)
         except ex.Interrupted as stop:
             result = stop.result
-            why = _cancel_reason(store) if store is not None else "the job was canceled"
+            why = cancel.reason(store) if store is not None else cancel.CANCELED
             result.extend(ex.canceled_calls(stop.unrun, why, state.worker))
         with open(log_path, "rb") as f:
             log = f.read()
@@ -356,13 +356,3 @@ def _claim(store: Any, chunk: int, attempt: int, worker: str) -> int:
     while not store.create_exclusive(layout.claim(chunk, attempt), worker.encode()):
         attempt += 1
     return attempt
-
-
-def _cancel_reason(store: Any) -> str:
-    try:
-        info = json.loads(store.get(layout.CANCEL))
-    except (FileNotFoundError, ValueError):
-        return "the job was canceled"
-    if info.get("reason") == "fail_fast":
-        return f"fail_fast: task {info.get('task')} failed"
-    return "the job was canceled"

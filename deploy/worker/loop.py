@@ -22,7 +22,7 @@ from deploy.jobdir.results import C_FAILED, C_OK, ChunkResult, PackedResult, can
 from deploy.jobdir.spec import JobSpec
 from deploy.worker.processes import process_alive
 from deploy.store import Storage, open_store
-from deploy.jobdir import layout
+from deploy.jobdir import cancel, layout
 
 DONE = "done"
 
@@ -319,13 +319,7 @@ class Worker:
         self.wake()
 
     def cancel_reason(self) -> str:
-        try:
-            info = json.loads(self.store.get(layout.CANCEL))
-        except (FileNotFoundError, ValueError):
-            return "the job was canceled"
-        if info.get("reason") == "fail_fast":
-            return f"fail_fast: task {info.get('task')} failed"
-        return "the job was canceled"
+        return cancel.reason(self.store)
 
     def sweep_canceled(self) -> None:
         """After a cancel: give every chunk nobody live is running its Canceled rows."""

@@ -15,7 +15,7 @@ import threading
 import time
 from typing import Any
 
-from ...jobdir import layout
+from ...jobdir import cancel, layout
 from ...jobdir.results import canceled
 from ...jobdir.spec import JobSpec
 from ...store import Storage, open_store
@@ -102,7 +102,7 @@ class Scheduler:
                 self._finish(ref)
             self._beat()
             if self.stopped is None and self.store.exists(layout.CANCEL):
-                self.stop(self._cancel_reason())
+                self.stop(cancel.reason(self.store))
             self._submit_more()
 
     def _finish(self, ref: Any) -> None:
@@ -197,15 +197,6 @@ class Scheduler:
                 rows = canceled(tasks, [1] * len(tasks), self.stopped, self.host, self.worker)
                 self.store.create_exclusive(layout.result(chunk), pickle.dumps(rows.to_dict()))
         self._notify()
-
-    def _cancel_reason(self) -> str:
-        try:
-            info = json.loads(self.store.get(layout.CANCEL))
-        except (FileNotFoundError, ValueError):
-            return "the job was canceled"
-        if info.get("reason") == "fail_fast":
-            return f"fail_fast: task {info.get('task')} failed"
-        return "the job was canceled"
 
     # -- news --------------------------------------------------------------------------
 
