@@ -99,7 +99,17 @@ class RayTestCluster:
         return f"ray://{HEAD_IP}:{self.client_port}"
 
     def start_node(self, ip: str, cpus: int = 1, head: bool = False) -> RayNode:
-        """Start a node on `ip` and wait until `ray start` says it runs."""
+        """Start a node on `ip` and wait until `ray start` says it runs. A joining node's
+        raylet sometimes times out registering with a busy GCS and `ray start` exits: such a
+        node is started once more."""
+        try:
+            return self._start_node(ip, cpus, head)
+        except RuntimeError:
+            if head:
+                raise
+            return self._start_node(ip, cpus, head)
+
+    def _start_node(self, ip: str, cpus: int, head: bool) -> RayNode:
         ports = free_ports(ip, 40)
         args = [RAY, "start", "--block", f"--node-ip-address={ip}", f"--num-cpus={cpus}",
                 f"--memory={NODE_MEMORY_GB << 30}", f"--object-store-memory={80 << 20}",
